@@ -435,10 +435,10 @@ def encoder_specs(model: LoadedModel, opts: Mapping[str, Any]) -> list[EncoderSp
             EncoderSpec(model.text_encoder_2, model.tokenizer_2, hidden_layer=-2, final_norm=False,
                         clip_skip=False, pad_id=0, pooled=True),
         ]
-    if model.family.text_encoder_kind == "openclip":
-        # SD2: OpenCLIP's penultimate layer with the final norm; A1111 ignores Clip skip here.
-        return [EncoderSpec(model.text_encoder, model.tokenizer, hidden_layer=model.family.openclip_layer,
-                            final_norm=True, clip_skip=False, pad_id=0)]
+    if model.family.architecture == "sd2":
+        # SD2: OpenCLIP's penultimate layer with the final norm. The loader drops the last
+        # block (as diffusers does), so that is last_hidden_state. A1111 ignores Clip skip here.
+        return [EncoderSpec(model.text_encoder, model.tokenizer, clip_skip=False, pad_id=0)]
     return [EncoderSpec(model.text_encoder, model.tokenizer)]
 
 
@@ -487,16 +487,15 @@ def _sample_batch(p: StableDiffusionProcessing, ctx: ProcessingContext, run: _Ru
                                eta_noise_seed_delta=int(opts["eta_noise_seed_delta"] or 0))
         schedule = DiscreteSchedule(model.alphas_cumprod.to(device))
         sigmas = samplers.build_sigmas(run.sampler, run.scheduler, p.steps, schedule, is_sdxl=model.is_sdxl, opts=opts).to(device)
-        x = rng.first()
+        x = samplers.txt2img_start_latent(run.sampler, rng.first(), sigmas,
+                                          sgm_noise_multiplier=bool(opts["sgm_noise_multiplier"]))
         if opts["sgm_noise_multiplier"]:
-            x = x * torch.sqrt(1.0 + sigmas[0] ** 2)
             p.extra_generation_params["SGM noise multiplier"] = True
-        else:
-            x = x * sigmas[0]
+        p.extra_generation_params.update(samplers.schedule_extra_infotext(run.sampler, run.scheduler, schedule, opts=opts))
         noise = _noise_sampler(run, rng, x, sigmas, p.seeds)
 
         model_fn = unet_function(model, p.width, p.height, opts, ctx.devices)
-        inner = DiscreteDenoiser(model_fn, schedule, model.prediction_type)
+        inner = DiscreteDenoiser(model_fn, samplers.model_schedule(run.sampler, schedule), model.prediction_type)
 
         def cond_fn(step: int) -> tuple[list[list[tuple[int, float]]], Tensor, Tensor | None]:
             conds_list, cond = multicond_batch_at(c, step)
@@ -507,14 +506,18 @@ def _sample_batch(p: StableDiffusionProcessing, ctx: ProcessingContext, run: _Ru
             return cond.crossattn, cond.pooled
 
         s_min_uncond = p.s_min_uncond if p.s_min_uncond is not None else float(opts["s_min_uncond"])
-        denoiser = CFGDenoiser(inner, cond_fn, uncond_fn, float(p.cfg_scale), total_steps=p.steps * step_multiplier,
+        # DDIM CFG++ works on a rescaled guidance scale (A1111 multiplies it by 1/12.5).
+        cfg_scale = float(p.cfg_scale) * run.sampler.options.cond_scale_multiplier
+        denoiser = CFGDenoiser(inner, cond_fn, uncond_fn, cfg_scale, total_steps=p.steps * step_multiplier,
                                batch_cond_uncond=bool(opts["batch_cond_uncond"]), s_min_uncond=s_min_uncond,
                                skip_early_cond=float(opts["skip_early_cond"]))
+        eta = p.eta
+        if eta is None:
+            eta = float(opts["eta_ddim"] if run.sampler.options.needs_schedule else opts["eta_ancestral"])
         params = samplers.SamplerParams(
-            eta=p.eta,
+            eta=eta,
             s_churn=_opt(p.s_churn, opts["s_churn"]), s_tmin=_opt(p.s_tmin, opts["s_tmin"]),
             s_tmax=_opt(p.s_tmax, opts["s_tmax"]), s_noise=_opt(p.s_noise, opts["s_noise"]),
-            eta_ancestral=float(opts["eta_ancestral"]), eta_ddim=float(opts["eta_ddim"]),
             uni_pc_variant=opts["uni_pc_variant"], uni_pc_skip_type=opts["uni_pc_skip_type"],
             uni_pc_order=int(opts["uni_pc_order"]), uni_pc_lower_order_final=bool(opts["uni_pc_lower_order_final"]),
         )
@@ -534,7 +537,7 @@ def _sample_batch(p: StableDiffusionProcessing, ctx: ProcessingContext, run: _Ru
 
         try:
             return samplers.run_sampler(run.sampler, denoiser, x, sigmas, noise=noise, callback=callback,
-                                        schedule=schedule, params=params)
+                                        schedule=schedule, params=params, txt2img_steps=p.steps)
         except Interrupted as stop:
             if state.skipped and not state.interrupted:
                 raise Skipped() from None

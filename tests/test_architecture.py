@@ -59,5 +59,5 @@ def test_random_draws_only_in_noise_module() -> None:
     """Under backend/sampling, only noise.py draws random numbers (style rule 1)."""
     sampling = ROOT / "backend" / "sampling"
     offenders = [str(p.relative_to(ROOT)) for p in sampling.rglob("*.py")
-                 if p.name != "noise.py" and re.search(r"torch\.(randn|rand|randint|normal)\b|randn_like", p.read_text())]
+                 if p.name != "noise.py" and re.search(r"torch\.(randn|rand|randint|normal|randn_like|rand_like)\(", p.read_text())]
     assert offenders == []

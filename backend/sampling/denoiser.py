@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from backend.sampling.schedules import DiscreteSchedule
+from backend.sampling.schedules import DiscreteSchedule, LCMSchedule
 
 # model_fn(x_scaled, t, crossattn, pooled) -> raw network output (eps or v)
 ModelFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
@@ -37,7 +37,9 @@ class DiscreteDenoiser:
     """k-diffusion's CompVisDenoiser / CompVisVDenoiser over a discrete-time network.
 
     Input is scaled by c_in = 1/sqrt(sigma^2 + 1); the network gets the continuous
-    timestep interpolated from the model's sigma table, as in A1111.
+    timestep interpolated from the model's sigma table, as in A1111. With an
+    LCMSchedule it is A1111's LCM denoiser instead: snapped timesteps, the output
+    read as eps whatever the model's prediction type, then LCM's boundary scalings.
     """
 
     def __init__(self, model_fn: ModelFn, schedule: DiscreteSchedule, prediction_type: str = "epsilon") -> None:
@@ -50,6 +52,12 @@ class DiscreteDenoiser:
     def __call__(self, x: Tensor, sigma: Tensor, crossattn: Tensor, pooled: Tensor | None) -> Tensor:
         s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
         t = self.schedule.sigma_to_t(sigma)
+        if isinstance(self.schedule, LCMSchedule):
+            c_in = 1 / (s**2 + 1) ** 0.5
+            eps = self.model_fn(x * c_in, t, crossattn, pooled).to(x.dtype)
+            c_skip, c_out = self.schedule.boundary_scalings(sigma)
+            shape = (-1, *([1] * (x.ndim - 1)))
+            return c_out.reshape(shape).to(x) * (x - eps * s) + c_skip.reshape(shape).to(x) * x
         if self.prediction_type == "epsilon":
             c_in = 1 / (s**2 + 1) ** 0.5
             eps = self.model_fn(x * c_in, t, crossattn, pooled).to(x.dtype)
