@@ -24,7 +24,7 @@ from torch import Tensor
 from backend import version
 from backend.config import Options
 from backend.devices import DevicePolicy
-from backend.errors import Interrupted, InvalidRequest, Skipped
+from backend.errors import Interrupted, InvalidRequest
 from backend.jobs.progress import JobState
 from backend.models.loader import LoadedModel
 from backend.models.manager import ModelManager
@@ -352,10 +352,15 @@ def _process_images_inner(p: StableDiffusionProcessing, ctx: ProcessingContext, 
         try:
             latents = _sample_batch(p, ctx, run, stripped, neg_stripped)
         except Interrupted as stop:
-            interrupted = True
+            # Interrupt and skip both keep the partly denoised batch, as A1111 does; skip then
+            # goes on with the next batch.
+            interrupted = state.interrupted
             latents = stop.args[0] if stop.args else None
             if latents is None:
-                break
+                state.next_job()
+                if interrupted:
+                    break
+                continue
 
         decoded = decode_latents(run.model, latents, ctx.devices)
         if ctx.scripts is not None:
@@ -535,13 +540,8 @@ def _sample_batch(p: StableDiffusionProcessing, ctx: ProcessingContext, run: _Ru
             if state.interrupted or state.skipped:
                 raise Interrupted(last["denoised"])
 
-        try:
-            return samplers.run_sampler(run.sampler, denoiser, x, sigmas, noise=noise, callback=callback,
-                                        schedule=schedule, params=params, txt2img_steps=p.steps)
-        except Interrupted as stop:
-            if state.skipped and not state.interrupted:
-                raise Skipped() from None
-            raise stop
+        return samplers.run_sampler(run.sampler, denoiser, x, sigmas, noise=noise, callback=callback,
+                                    schedule=schedule, params=params, txt2img_steps=p.steps)
 
 
 def _opt(value: float | None, default: Any) -> float:

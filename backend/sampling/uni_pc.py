@@ -27,12 +27,16 @@ def _interpolate(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
 
 
 class VPSchedule:
-    """The continuous VP schedule UniPC uses (uni_pc.NoiseScheduleVP('discrete')), in float64."""
+    """The continuous VP schedule UniPC uses (uni_pc.NoiseScheduleVP('discrete')), in float64.
+
+    It lives on the CPU whatever the model's device: its values are scalars that combine with
+    latents on any device, and keeping them together avoids device mismatches.
+    """
 
     def __init__(self, alphas_cumprod: Tensor) -> None:
         self.total_n = alphas_cumprod.shape[0]
         self.t_array = torch.linspace(0.0, 1.0, self.total_n + 1, dtype=torch.float64)[1:]
-        self.log_alpha_array = 0.5 * torch.log(alphas_cumprod.to(torch.float64))
+        self.log_alpha_array = 0.5 * torch.log(alphas_cumprod.detach().cpu().to(torch.float64))
 
     def log_alpha(self, t: Tensor) -> Tensor:
         return _interpolate(t, self.t_array, self.log_alpha_array)
@@ -75,7 +79,7 @@ class _UniPC:
         self.variant = variant
 
     def data_prediction(self, x: Tensor, t: Tensor) -> Tensor:
-        sigma = self.schedule.t_to_sigma(self.vp.model_time(t))
+        sigma = self.schedule.t_to_sigma(self.vp.model_time(t).to(self.schedule.sigmas.device))
         eps, _ = predict_eps(self.denoise, x, sigma.to(x.dtype))
         return ((x - self.vp.std(t) * eps) / self.vp.alpha(t)).to(x.dtype)
 
@@ -146,14 +150,14 @@ def sample_unipc(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, schedule: Disc
     steps = len(sigmas)
     order = max(1, min(order, steps))
     t_end = 1.0 / vp.total_n
-    t_start = 1.0 if full_range else timesteps_of(sigmas[:1], schedule)[0] / 1000 + 1 / 1000
+    t_start = 1.0 if full_range else float(timesteps_of(sigmas[:1], schedule)[0]) / 1000 + 1 / 1000
     grid = _time_grid(vp, skip_type, t_start, t_end, steps)
     solver = _UniPC(denoise, schedule, vp, variant)
     x = to_vp(x, sigmas[0])
 
     def report(index: int, x: Tensor, t: Tensor, model_x: Tensor | None) -> None:
         if callback is not None:
-            sigma = schedule.t_to_sigma(vp.model_time(t))
+            sigma = schedule.t_to_sigma(vp.model_time(t).to(schedule.sigmas.device))
             # The last step has no model evaluation; the final latent stands in for the prediction.
             denoised = x if model_x is None else model_x
             callback({"x": x * (1 + sigma**2) ** 0.5, "i": index, "sigma": sigma, "sigma_hat": sigma,

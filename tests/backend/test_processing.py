@@ -178,3 +178,18 @@ def test_custom_output_dir_and_jpeg(app_ctx, tmp_path: Path) -> None:
     with Image.open(processed.saved_paths[0]) as im:
         text, _ = read_info_from_image(im)
     assert text == processed.infotexts[0]
+
+
+class _SkipFirstBatch(_InterruptAfterFirstBatch):
+    def process_batch(self, p, batch_number) -> None:
+        if batch_number == 0:
+            self.state.skip()
+
+
+def test_skip_moves_on_to_the_next_batch(app_ctx) -> None:
+    ctx = app_ctx.processing_context()
+    ctx.scripts = _SkipFirstBatch(ctx.state)
+    processed = process_images(_p(n_iter=2, do_not_save_samples=True, do_not_save_grid=True), ctx)
+    assert not processed.interrupted and len(processed.images) == 2
+    full = app_ctx.generate(_p(seed=43, do_not_save_samples=True)).images[0]
+    assert np.array_equal(_pixels(processed.images[1]), _pixels(full))  # the second batch ran in full
