@@ -490,8 +490,10 @@ def _sample_batch(p: StableDiffusionProcessing, ctx: ProcessingContext, run: _Ru
                                seed_resize_from_h=p.seed_resize_from_h, seed_resize_from_w=p.seed_resize_from_w,
                                source=opts["randn_source"], device=device,
                                eta_noise_seed_delta=int(opts["eta_noise_seed_delta"] or 0))
+        # Sigmas are built on the CPU (schedule maths on small tables); sampling runs on the device.
+        sigmas = samplers.build_sigmas(run.sampler, run.scheduler, p.steps, DiscreteSchedule(model.alphas_cumprod),
+                                       is_sdxl=model.is_sdxl, opts=opts).to(device)
         schedule = DiscreteSchedule(model.alphas_cumprod.to(device))
-        sigmas = samplers.build_sigmas(run.sampler, run.scheduler, p.steps, schedule, is_sdxl=model.is_sdxl, opts=opts).to(device)
         x = samplers.txt2img_start_latent(run.sampler, rng.first(), sigmas,
                                           sgm_noise_multiplier=bool(opts["sgm_noise_multiplier"]))
         if opts["sgm_noise_multiplier"]:

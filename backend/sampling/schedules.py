@@ -63,7 +63,8 @@ class DiscreteSchedule:
 
         Sigmas beyond the table's ends clamp to timestep 0 or the last one, as in k-diffusion.
         """
-        log_sigma = sigma.log()
+        device = sigma.device
+        log_sigma = sigma.to(self.log_sigmas.device).log()
         count = self.log_sigmas.shape[0]
         # Index of the last table entry at or below log_sigma, kept inside [0, count - 2].
         below = (log_sigma.reshape(1, -1) >= self.log_sigmas[:, None]).sum(dim=0)
@@ -72,11 +73,11 @@ class DiscreteSchedule:
         low, high = self.log_sigmas[low_idx], self.log_sigmas[high_idx]
         w = ((low - log_sigma.reshape(-1)) / (low - high)).clamp(0, 1)
         t = (1 - w) * low_idx + w * high_idx
-        return t.view(sigma.shape)
+        return t.view(sigma.shape).to(device)
 
     def t_to_sigma(self, t: Tensor) -> Tensor:
         """Sigma at continuous timestep `t` (clamped to the table), the inverse of `sigma_to_t`."""
-        t = t.to(self.log_sigmas.dtype).clamp(0, self.log_sigmas.shape[0] - 1)
+        t = t.to(self.log_sigmas.device, self.log_sigmas.dtype).clamp(0, self.log_sigmas.shape[0] - 1)
         low_idx, high_idx, w = t.floor().long(), t.ceil().long(), t.frac()
         log_sigma = (1 - w) * self.log_sigmas[low_idx] + w * self.log_sigmas[high_idx]
         return log_sigma.exp()
@@ -106,9 +107,9 @@ class LCMSchedule(DiscreteSchedule):
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         """Integer timestep of the nearest kept entry (in log sigma)."""
-        dists = sigma.log().reshape(1, -1) - self.log_sigmas[:, None]
+        dists = sigma.to(self.log_sigmas.device).log().reshape(1, -1) - self.log_sigmas[:, None]
         index = dists.abs().argmin(dim=0).view(sigma.shape)
-        return index * self.skip_steps + (self.skip_steps - 1)
+        return (index * self.skip_steps + (self.skip_steps - 1)).to(sigma.device)
 
     def t_to_sigma(self, t: Tensor) -> Tensor:
         """Sigma at model timestep `t`, interpolating between kept entries."""
@@ -119,7 +120,7 @@ class LCMSchedule(DiscreteSchedule):
         """`n` sigmas uniform in model timestep between the table's ends, then a 0."""
         start = self.sigma_to_t(self.sigma_max)
         end = self.sigma_to_t(self.sigma_min)
-        t = torch.linspace(float(start), float(end), n)
+        t = torch.linspace(float(start), float(end), n, device=self.sigmas.device)
         return append_zero(self.t_to_sigma(t))
 
     def boundary_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor]:
