@@ -24,8 +24,9 @@ from backend.models.hashes import HashCache, legacy_model_hash, sha256_file
 logger = logging.getLogger(__name__)
 
 # A1111 lists these extensions (case-insensitive) and skips VAE files kept next to checkpoints.
-CHECKPOINT_EXTENSIONS = (".ckpt", ".safetensors")
-EXCLUDED_SUFFIXES = (".vae.ckpt", ".vae.safetensors")
+# A1111 lists .ckpt and .safetensors; we also take .pt (loaded the same safe way as .ckpt).
+CHECKPOINT_EXTENSIONS = (".ckpt", ".safetensors", ".pt")
+EXCLUDED_SUFFIXES = (".vae.ckpt", ".vae.safetensors", ".vae.pt")
 DIFFUSERS_MARKER = "model_index.json"
 HASH_KIND = "checkpoint"
 SHORTHASH_LENGTH = 10

@@ -350,3 +350,13 @@ def test_calculate_shorthash_on_a_record(layout: Layout) -> None:
 def test_natural_sort_key() -> None:
     names = ["b10", "B2", "a", "b1"]
     assert sorted(names, key=natural_sort_key) == ["a", "b1", "B2", "b10"]
+
+
+def test_pt_checkpoints_are_listed_but_not_pt_vaes(tmp_path: Path) -> None:
+    sd_dir = tmp_path / "models" / "Stable-diffusion"
+    sd_dir.mkdir(parents=True)
+    (sd_dir / "old-model.pt").write_bytes(b"x" * 100)
+    (sd_dir / "old-model.vae.pt").write_bytes(b"y" * 100)
+    registry = CheckpointRegistry([sd_dir])
+    registry.refresh()
+    assert [info.name for info in registry.list()] == ["old-model.pt"]
