@@ -32,6 +32,7 @@ TEXT_WIDTH_2 = 48
 POOLED_DIM = 16  # SDXL second encoder projection width
 SDXL_TIME_DIM = 8  # SDXL size/crop embedding width; label_emb input = POOLED_DIM + 6 * SDXL_TIME_DIM
 VAE_DIMS = VaeDims(block_out_channels=(32, 32), layers_per_block=1, latent_channels=4)
+VAE_DIMS_8X = VaeDims(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4)
 
 
 @dataclass
@@ -67,8 +68,12 @@ def text_dims(family: Family, index: int) -> TextEncoderDims:
     return TextEncoderDims(width, 2 * width, layers, 49408, 77, POOLED_DIM if spec.with_projection else None)
 
 
-def build_tiny_model(family_name: str, seed: int = 0) -> TinyModel:
-    """A tiny random model of `family_name` ("sd1", "sd2-inpaint", "sdxl", ...)."""
+def build_tiny_model(family_name: str, seed: int = 0, vae_dims: VaeDims = VAE_DIMS) -> TinyModel:
+    """A tiny random model of `family_name` ("sd1", "sd2-inpaint", "sdxl", ...).
+
+    The default VAE has two blocks (latent 2x smaller) for speed; pass VAE_DIMS_8X for a VAE whose
+    latent is 8x smaller like the real models, when a test runs the whole generation pipeline.
+    """
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -77,7 +82,7 @@ def build_tiny_model(family_name: str, seed: int = 0) -> TinyModel:
     generator = torch.Generator().manual_seed(seed)
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(unet_config(family, unet_dims(family)))
-        vae = AutoencoderKL.from_config(vae_config(family, VAE_DIMS))
+        vae = AutoencoderKL.from_config(vae_config(family, vae_dims))
         encoders = []
         for index, spec in enumerate(family.text_encoders):
             cls = CLIPTextModelWithProjection if spec.with_projection else CLIPTextModel
