@@ -2,37 +2,100 @@
 from __future__ import annotations
 
 import logging
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from PIL import Image
 
 from backend.config import Options, Settings
 from backend.devices import DevicePolicy
 from backend.jobs.progress import JobState
+from backend.jobs.queue import Job, JobQueue
 from backend.models import builtin
 from backend.models.hashes import HashCache
 from backend.models.manager import ModelManager
 from backend.models.registry import CheckpointRegistry
-from backend.processing import Processed, ProcessingContext, StableDiffusionProcessing, process_images
+from backend.postprocess.preview import approximate_rgb
+from backend.processing import (
+    Processed,
+    ProcessingContext,
+    StableDiffusionProcessing,
+    decode_latents,
+    process_images,
+    tensor_to_image,
+)
 
 log = logging.getLogger(__name__)
+
+JOB_HISTORY = 100
+
+
+@dataclass
+class LivePreview:
+    """Turns the sampler's current latent into a preview image, by the `show_progress_type` option.
+
+    "Full" decodes with the model's VAE; every other method (A1111's default "Approx NN",
+    and TAESD, whose weights we do not ship) uses the cheap linear approximation.
+    """
+
+    options: Options
+    models: ModelManager
+    devices: DevicePolicy
+
+    def __call__(self, latent: Any) -> Image.Image:
+        # The job that produced the latent has its model loaded and selected, so this never loads one.
+        _, model = self.models.get(None)
+        if self.options["show_progress_type"] == "Full":
+            return tensor_to_image(decode_latents(model, latent[:1], self.devices)[0])
+        return approximate_rgb(latent, is_sdxl=model.is_sdxl)
+
+
+@dataclass
+class LivePreviewState(JobState):
+    """A job's state that also refreshes `current_image` while sampling (A1111's live previews).
+
+    processing calls set_step() every step and next_job() after each batch; the options
+    `live_previews_enable` and `show_progress_every_n_steps` decide when a preview is made.
+    """
+
+    options: Options | None = field(default=None, repr=False)
+    make_preview: Callable[[Any], Any] | None = field(default=None, repr=False)
+
+    def set_step(self, step: int, steps: int, latent: Any = None) -> None:
+        super().set_step(step, steps, latent)
+        period = self._preview_period()
+        if period is not None and self.make_preview is not None:
+            self.maybe_update_preview(period, self.make_preview)
+
+    def next_job(self) -> None:
+        period = self._preview_period()
+        if period is not None and self.make_preview is not None:
+            self.preview_at_job_end(period, self.make_preview)
+        super().next_job()
+
+    def _preview_period(self) -> int | None:
+        if self.options is None or not self.options["live_previews_enable"]:
+            return None
+        return int(self.options["show_progress_every_n_steps"])
 
 
 @dataclass
 class AppContext:
-    """Settings, options, devices, the model registry/manager and the current job state."""
+    """Settings, options, devices, the model registry/manager and the job queue."""
 
     settings: Settings
     options: Options
     devices: DevicePolicy
     registry: CheckpointRegistry
     models: ModelManager
-    state: JobState = field(default_factory=JobState)
-    # One generation at a time on the device (the job queue builds on this).
-    run_lock: threading.Lock = field(default_factory=threading.Lock)
+    queue: JobQueue
+    preview: LivePreview
 
     @classmethod
     def build(cls, settings: Settings, devices: DevicePolicy | None = None) -> "AppContext":
-        """Create folders, the built-in model if missing, and every service. Loads no model."""
+        """Create folders, the built-in model if missing, and every service. Loads no model, starts no thread."""
         settings.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         builtin.ensure_default_model(settings.models_dir)
         options = Options(settings.config_file)
@@ -46,7 +109,22 @@ class AppContext:
         )
         registry.refresh()
         models = ModelManager(registry, devices, settings.cache_dir, limit=int(options["sd_checkpoints_limit"]))
-        return cls(settings, options, devices, registry, models)
+        preview = LivePreview(options, models, devices)
+        queue = JobQueue(history=JOB_HISTORY, state_factory=partial(LivePreviewState, options=options, make_preview=preview))
+        return cls(settings, options, devices, registry, models, queue, preview)
+
+    def start(self) -> None:
+        """Start the job worker (webui.py, the CLI and tests call this once everything is built)."""
+        self.queue.start()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Cancel queued jobs, interrupt the running one and stop the worker."""
+        self.queue.stop(timeout)
+
+    @property
+    def state(self) -> JobState:
+        """The running job's progress, else the last finished job's (what /progress reports)."""
+        return self.queue.last_state
 
     def startup_checkpoint(self) -> str | None:
         """--ckpt, else the saved sd_model_checkpoint if it still exists, else the built-in model."""
@@ -58,11 +136,25 @@ class AppContext:
         default = self.registry.find(builtin.DEFAULT_MODEL_FILENAME)
         return default.title if default is not None else None
 
-    def processing_context(self) -> ProcessingContext:
+    def processing_context(self, state: JobState | None = None) -> ProcessingContext:
+        """What process_images needs, reporting to `state` (a fresh one if not given)."""
         return ProcessingContext(models=self.models, options=self.options, devices=self.devices,
-                                 data_dir=self.settings.data_dir, state=self.state)
+                                 data_dir=self.settings.data_dir,
+                                 state=self.queue.new_state() if state is None else state)
+
+    def submit(self, p: StableDiffusionProcessing, *, request: Any = None) -> Job:
+        """Queue a generation and return its job at once (the asynchronous API)."""
+        def run(state: JobState) -> Processed:
+            return process_images(p, self.processing_context(state))
+
+        return self.queue.submit(p.outpath_kind, run, request=request)
 
     def generate(self, p: StableDiffusionProcessing) -> Processed:
-        """Run one request on the device, one at a time."""
-        with self.run_lock:
-            return process_images(p, self.processing_context())
+        """Run one request through the shared FIFO and wait for it (UI, API and CLI alike)."""
+        if not self.queue.running:
+            raise RuntimeError("the job queue is not running: call AppContext.start() first")
+        job = self.submit(p)
+        try:
+            return job.wait()
+        finally:
+            job.release_result()  # the caller holds the images now; the history keeps only the record

@@ -50,6 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_args(rest, env={})
         ctx = AppContext.build(settings)
+    except WebUIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # Generations go through the job queue, as in the server; its worker runs them.
+    ctx.start()
+    try:
+        return _run(args, ctx)
+    finally:
+        ctx.stop()
+
+
+def _run(args: argparse.Namespace, ctx: AppContext) -> int:
+    try:
         checkpoint = None
         if args.ckpt:
             path = Path(args.ckpt).expanduser()

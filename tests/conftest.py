@@ -40,10 +40,13 @@ def builtin_model(builtin_checkpoint: Path, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture
 def app_ctx(tmp_path: Path, models_dir: Path):
-    """An AppContext with its own data dir (outputs, config, cache) on the shared models folder."""
+    """A started AppContext with its own data dir (outputs, config, cache) on the shared models folder."""
     from backend.config import Settings
     from backend.context import AppContext
     from backend.devices import DevicePolicy
 
     settings = Settings.from_args(["--data-dir", str(tmp_path), "--models-dir", str(models_dir)], env={})
-    return AppContext.build(settings, devices=DevicePolicy.cpu())
+    ctx = AppContext.build(settings, devices=DevicePolicy.cpu())
+    ctx.start()
+    yield ctx
+    ctx.stop()
