@@ -1,12 +1,70 @@
-"""Entry point: flags -> AppContext -> app -> serve.
+"""Entry point: flags -> AppContext -> app (API and/or UI) -> serve.
 
     ./webui.sh [A1111 flags]     e.g. ./webui.sh --listen --port 7861
+    ./webui.sh --api             UI on / and the API on /sdapi/v1, same port (7860)
+    ./webui.sh --nowebui         the API alone (port 7861)
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
+    from backend.config import Settings
+    from backend.context import AppContext
+    from backend.devices import DevicePolicy
+
+
+def prepare(settings: Settings, devices: DevicePolicy | None = None) -> AppContext:
+    """Build every service and load the start-up model (unless --ui-debug-mode / --skip-load-model-at-start)."""
+    from backend.context import AppContext
+
+    ctx = AppContext.build(settings, devices)
+    if not settings.ui_debug_mode and not settings.skip_load_model_at_start:
+        info, _ = ctx.models.get(ctx.startup_checkpoint())
+        ctx.options.set("sd_model_checkpoint", info.title)
+    return ctx
+
+
+def build_app(ctx: AppContext) -> FastAPI:
+    """The API app (routes under /sdapi/v1 with --api or --nowebui) with the UI mounted unless --nowebui."""
+    from backend.api.app import create_app
+
+    settings = ctx.settings
+    app = create_app(ctx, serve_api=settings.api or settings.nowebui)
+    if not settings.nowebui:
+        # Imported here so an API-only server never loads Gradio.
+        from ui.app import mount_ui
+
+        mount_ui(app, ctx)
+    return app
+
+
+def root_path(settings: Settings) -> str:
+    """--subpath as uvicorn's root_path: "sd" and "/sd/" both give "/sd" (A1111 adds the slash too).
+
+    As in A1111, the proxy strips the prefix: routes stay at /sdapi/v1, and /docs links under it.
+    """
+    return "/" + settings.subpath.strip("/") if settings.subpath and settings.subpath.strip("/") else ""
+
+
+def make_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
+    """The uvicorn server for `app` with the serving flags; /server-stop is wired to it."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host=settings.bind_host, port=settings.bind_port, root_path=root_path(settings),
+        timeout_keep_alive=settings.timeout_keep_alive, log_level="warning",
+        ssl_keyfile=settings.extra.get("tls_keyfile"), ssl_certfile=settings.extra.get("tls_certfile"),
+    )
+    server = uvicorn.Server(config)
+    app.state.server_control.server = server
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,28 +73,25 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    import uvicorn
-
     from backend.config import Settings
-    from backend.context import AppContext
     from backend.errors import WebUIError
-    from ui.app import create_app
 
     try:
         settings = Settings.from_args(sys.argv[1:] if argv is None else argv)
-        ctx = AppContext.build(settings)
-        if not settings.ui_debug_mode and not settings.skip_load_model_at_start:
-            info, _ = ctx.models.get(ctx.startup_checkpoint())
-            ctx.options.set("sd_model_checkpoint", info.title)
+        ctx = prepare(settings)
+        app = build_app(ctx)
     except WebUIError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if settings.listen and not settings.gradio_auth and not settings.api_auth:
-        logging.warning("--listen without --gradio-auth/--api-auth: anyone on your network can use this server")
-    app = create_app(ctx)
-    print(f"Running on http://{settings.bind_host}:{settings.bind_port}{settings.subpath or ''}/", flush=True)
-    uvicorn.run(app, host=settings.bind_host, port=settings.bind_port, root_path=settings.subpath or "",
-                timeout_keep_alive=settings.timeout_keep_alive, log_level="warning")
+    if settings.listen and not settings.gradio_auth and not settings.gradio_auth_path and not settings.api_auth:
+        logging.warning("--listen without --gradio-auth or --api-auth: anyone who can reach this machine "
+                        "can use the server%s", " and its API" if settings.api or settings.nowebui else "")
+    server = make_server(app, settings)
+    scheme = "https" if settings.extra.get("tls_keyfile") else "http"
+    what = "API" if settings.nowebui else ("UI and API" if settings.api else "UI")
+    print(f"Running on {scheme}://{settings.bind_host}:{settings.bind_port}/ ({what})",
+          flush=True)
+    server.run()
     return 0
 
 

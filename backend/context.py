@@ -5,6 +5,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -18,6 +19,7 @@ from backend.models.hashes import HashCache
 from backend.models.manager import ModelManager
 from backend.models.registry import CheckpointRegistry
 from backend.postprocess.preview import approximate_rgb
+from backend.postprocess.upscalers import UpscalerRegistry
 from backend.processing import (
     Processed,
     ProcessingContext,
@@ -92,6 +94,7 @@ class AppContext:
     models: ModelManager
     queue: JobQueue
     preview: LivePreview
+    upscalers: UpscalerRegistry
 
     @classmethod
     def build(cls, settings: Settings, devices: DevicePolicy | None = None) -> "AppContext":
@@ -111,7 +114,11 @@ class AppContext:
         models = ModelManager(registry, devices, settings.cache_dir, limit=int(options["sd_checkpoints_limit"]))
         preview = LivePreview(options, models, devices)
         queue = JobQueue(history=JOB_HISTORY, state_factory=partial(LivePreviewState, options=options, make_preview=preview))
-        return cls(settings, options, devices, registry, models, queue, preview)
+        extra_dirs = {folder: Path(path) for folder, path in (("ESRGAN", settings.extra.get("esrgan_models_path")),
+                                                               ("RealESRGAN", settings.extra.get("realesrgan_models_path")))
+                      if path}
+        upscalers = UpscalerRegistry(settings.models_dir, extra_dirs)
+        return cls(settings, options, devices, registry, models, queue, preview, upscalers)
 
     def start(self) -> None:
         """Start the job worker (webui.py, the CLI and tests call this once everything is built)."""
@@ -140,7 +147,8 @@ class AppContext:
         """What process_images needs, reporting to `state` (a fresh one if not given)."""
         return ProcessingContext(models=self.models, options=self.options, devices=self.devices,
                                  data_dir=self.settings.data_dir,
-                                 state=self.queue.new_state() if state is None else state)
+                                 state=self.queue.new_state() if state is None else state,
+                                 upscalers=self.upscalers)
 
     def submit(self, p: StableDiffusionProcessing, *, request: Any = None) -> Job:
         """Queue a generation and return its job at once (the asynchronous API)."""

@@ -1,4 +1,4 @@
-"""The FastAPI app with the Gradio UI mounted on it.
+"""The Gradio UI, mounted on the FastAPI app that webui.py builds (which also serves the API with --api).
 
 Layout and event wiring only: every generation goes through AppContext.generate.
 This is the minimal txt2img page of the foundation; the full UI is its own issue.
@@ -9,7 +9,6 @@ from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
 
 from backend.context import AppContext
 from backend.errors import WebUIError
@@ -17,13 +16,11 @@ from backend.processing import StableDiffusionProcessingTxt2Img
 from backend.sampling.registry import SAMPLERS, SCHEDULERS
 
 
-def create_app(ctx: AppContext) -> FastAPI:
-    app = FastAPI(title="Stable Diffusion web UI", docs_url="/docs")
-    if ctx.settings.nowebui:
-        @app.get("/", response_class=HTMLResponse)
-        def index() -> str:
-            return "<html><body><h1>Stable Diffusion web UI</h1><p>API only (--nowebui). See <a href='docs'>/docs</a>.</p></body></html>"
-        return app
+def mount_ui(app: FastAPI, ctx: AppContext) -> FastAPI:
+    """Mount the Gradio UI at the root of `app` (the app that serves the API with --api).
+
+    Mount it last: the UI takes every path that no route added before it matches.
+    """
     blocks = build_txt2img_ui(ctx)
     auth = _gradio_auth(ctx)
     return gr.mount_gradio_app(app, blocks, path="", auth=auth)

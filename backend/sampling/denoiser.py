@@ -14,8 +14,8 @@ from torch import Tensor
 
 from backend.sampling.schedules import DiscreteSchedule, LCMSchedule
 
-# model_fn(x_scaled, t, crossattn, pooled) -> raw network output (eps or v)
-ModelFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
+# model_fn(x_scaled, t, crossattn, pooled, image_cond) -> raw network output (eps or v)
+ModelFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None", "Tensor | None"], Tensor]
 # step -> (per-image [(row, weight)], crossattn rows, pooled rows or None)
 CondFn = Callable[[int], tuple[list[list[tuple[int, float]]], Tensor, "Tensor | None"]]
 # step -> (crossattn, pooled or None)
@@ -49,24 +49,25 @@ class DiscreteDenoiser:
         self.schedule = schedule
         self.prediction_type = prediction_type
 
-    def __call__(self, x: Tensor, sigma: Tensor, crossattn: Tensor, pooled: Tensor | None) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor, crossattn: Tensor, pooled: Tensor | None,
+                 image_cond: Tensor | None = None) -> Tensor:
         s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
         t = self.schedule.sigma_to_t(sigma)
         if isinstance(self.schedule, LCMSchedule):
             c_in = 1 / (s**2 + 1) ** 0.5
-            eps = self.model_fn(x * c_in, t, crossattn, pooled).to(x.dtype)
+            eps = self.model_fn(x * c_in, t, crossattn, pooled, image_cond).to(x.dtype)
             c_skip, c_out = self.schedule.boundary_scalings(sigma)
             shape = (-1, *([1] * (x.ndim - 1)))
             return c_out.reshape(shape).to(x) * (x - eps * s) + c_skip.reshape(shape).to(x) * x
         if self.prediction_type == "epsilon":
             c_in = 1 / (s**2 + 1) ** 0.5
-            eps = self.model_fn(x * c_in, t, crossattn, pooled).to(x.dtype)
+            eps = self.model_fn(x * c_in, t, crossattn, pooled, image_cond).to(x.dtype)
             return x - eps * s
         # v-prediction with sigma_data = 1 (k-diffusion's CompVisVDenoiser)
         c_skip = 1 / (s**2 + 1)
         c_out = -s / (s**2 + 1) ** 0.5
         c_in = 1 / (s**2 + 1) ** 0.5
-        v = self.model_fn(x * c_in, t, crossattn, pooled).to(x.dtype)
+        v = self.model_fn(x * c_in, t, crossattn, pooled, image_cond).to(x.dtype)
         return v * c_out + x * c_skip
 
 
@@ -79,7 +80,7 @@ class CFGDenoiser:
 
     def __init__(self, inner: DiscreteDenoiser, cond_fn: CondFn, uncond_fn: UncondFn, cfg_scale: float, *,
                  total_steps: int, batch_cond_uncond: bool = True, s_min_uncond: float = 0.0,
-                 skip_early_cond: float = 0.0,
+                 skip_early_cond: float = 0.0, image_cond: Tensor | None = None,
                  after_cfg: Callable[[StepInfo], Tensor | None] | None = None) -> None:
         self.inner = inner
         self.cond_fn = cond_fn
@@ -89,6 +90,7 @@ class CFGDenoiser:
         self.batch_cond_uncond = batch_cond_uncond
         self.s_min_uncond = s_min_uncond
         self.skip_early_cond = skip_early_cond
+        self.image_cond = image_cond  # per image [B, C, h, w] (inpainting models), follows x's rows
         self.after_cfg = after_cfg
         self.step = 0
         self.last_uncond_denoised: Tensor | None = None
@@ -109,19 +111,22 @@ class CFGDenoiser:
             self.skipped_uncond_at.append(self.step)
 
         # Each image's x is repeated once per AND sub-prompt, then the uncond batch follows.
-        x_cond = torch.cat([x[i:i + 1].expand(n, *x.shape[1:]) for i, n in enumerate(repeats)])
-        s_cond = torch.cat([sigma[i:i + 1].expand(n) for i, n in enumerate(repeats)])
+        x_cond = _repeat_rows(x, repeats)
+        s_cond = _repeat_rows(sigma, repeats)
+        ic = self.image_cond
+        ic_cond = None if ic is None else _repeat_rows(ic, repeats)
 
         if skip_uncond:
-            out_cond = self.inner(x_cond, s_cond, cond, cond_pooled)
+            out_cond = self.inner(x_cond, s_cond, cond, cond_pooled, ic_cond)
             out_uncond = None
         elif self.batch_cond_uncond and cond.shape[1] == uncond.shape[1]:
             pooled = None if cond_pooled is None else torch.cat([cond_pooled, uncond_pooled])
-            out = self.inner(torch.cat([x_cond, x]), torch.cat([s_cond, sigma]), torch.cat([cond, uncond]), pooled)
+            ic_all = None if ic is None else torch.cat([ic_cond, ic])
+            out = self.inner(torch.cat([x_cond, x]), torch.cat([s_cond, sigma]), torch.cat([cond, uncond]), pooled, ic_all)
             out_cond, out_uncond = out[:-batch], out[-batch:]
         else:
-            out_cond = self.inner(x_cond, s_cond, cond, cond_pooled)
-            out_uncond = self.inner(x, sigma, uncond, uncond_pooled)
+            out_cond = self.inner(x_cond, s_cond, cond, cond_pooled, ic_cond)
+            out_uncond = self.inner(x, sigma, uncond, uncond_pooled, ic)
 
         if out_uncond is None:
             # A1111 uses the first sub-prompt's output as a stand-in for uncond.
@@ -139,3 +144,7 @@ class CFGDenoiser:
                 denoised = replaced
         self.step += 1
         return denoised
+
+
+def _repeat_rows(t: Tensor, repeats: list[int]) -> Tensor:
+    return torch.cat([t[i:i + 1].expand(n, *t.shape[1:]) for i, n in enumerate(repeats)])

@@ -51,3 +51,24 @@ def test_family_generates_with_a1111_infotext(ctx, name: str) -> None:
         do_not_save_samples=True, override_settings={"sd_model_checkpoint": f"tiny-{name}"}))
     diff = np.abs(np.asarray(processed.images[1], dtype=int) - np.asarray(again.images[0], dtype=int)).max()
     assert diff <= 1  # image 1 of the batch == a single run with seed+1
+
+
+@pytest.mark.parametrize("name", ["sd1-inpaint", "sdxl-inpaint"])
+@pytest.mark.parametrize("full_res", [False, True])
+def test_inpainting_checkpoint_gets_mask_and_masked_image(ctx, name: str, full_res: bool) -> None:
+    from PIL import Image, ImageDraw
+
+    from backend.processing import StableDiffusionProcessingImg2Img
+
+    init = Image.new("RGB", (64, 64), (40, 120, 200))
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((16, 16, 40, 40), fill=255)
+    p = StableDiffusionProcessingImg2Img(prompt="a cat", init_images=[init], mask=mask, mask_blur=0, steps=4,
+                                         width=64, height=64, seed=2, inpaint_full_res=full_res,
+                                         do_not_save_samples=True,
+                                         override_settings={"sd_model_checkpoint": f"tiny-{name}",
+                                                            "inpainting_mask_weight": 0.5})
+    processed = ctx.generate(p)
+    out = np.asarray(processed.images[0], dtype=int)
+    assert (out[:8, :8] == np.array([40, 120, 200])).all()  # untouched corner kept exactly
+    assert "Conditional mask weight: 0.5" in processed.infotexts[0]

@@ -116,7 +116,8 @@ def test_ensd_is_written_only_for_samplers_that_use_it(app_ctx) -> None:
     ("width", {"width": 65}), ("height", {"height": 0}), ("steps", {"steps": 0}),
     ("batch_size", {"batch_size": "2"}), ("sampler_name", {"sampler_name": "Nope"}),
     ("scheduler", {"scheduler": "Nope"}), ("subseed_strength", {"subseed_strength": 2}),
-    ("enable_hr", {"enable_hr": True}),
+    ("hr_scale", {"enable_hr": True, "hr_scale": 0}),
+    ("hr_sampler_name", {"enable_hr": True, "hr_sampler_name": "Nope"}),
 ])
 def test_bad_requests_name_the_field(app_ctx, field: str, kwargs: dict) -> None:
     with pytest.raises(InvalidRequest) as e:
@@ -193,3 +194,8 @@ def test_skip_moves_on_to_the_next_batch(app_ctx) -> None:
     assert not processed.interrupted and len(processed.images) == 2
     full = app_ctx.generate(_p(seed=43, do_not_save_samples=True)).images[0]
     assert np.array_equal(_pixels(processed.images[1]), _pixels(full))  # the second batch ran in full
+
+
+def test_sampler_aliases_mean_their_sampler(app_ctx) -> None:
+    processed = app_ctx.generate(_p(sampler_name="k_euler_a", do_not_save_samples=True))
+    assert "Sampler: Euler a," in processed.infotexts[0]

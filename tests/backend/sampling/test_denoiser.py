@@ -12,7 +12,7 @@ SCHEDULE = DiscreteSchedule(scaled_linear_alphas_cumprod())
 def test_eps_scalings_and_timestep() -> None:
     seen = {}
 
-    def model_fn(x, t, c, pooled):
+    def model_fn(x, t, c, pooled, image_cond):
         seen["x"], seen["t"] = x, t
         return torch.full_like(x, 0.5)
 
@@ -28,7 +28,7 @@ def test_eps_scalings_and_timestep() -> None:
 def test_v_prediction_scalings() -> None:
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     sigma = torch.tensor([2.0])
-    out = DiscreteDenoiser(lambda x, t, c, p: torch.ones_like(x), SCHEDULE, "v_prediction")(x, sigma, torch.zeros(1, 77, 8), None)
+    out = DiscreteDenoiser(lambda x, t, c, p, ic: torch.ones_like(x), SCHEDULE, "v_prediction")(x, sigma, torch.zeros(1, 77, 8), None)
     torch.testing.assert_close(out, x / 5 - 2 / 5**0.5)
 
 
@@ -38,7 +38,7 @@ class _Fake:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, x, sigma, crossattn, pooled):
+    def __call__(self, x, sigma, crossattn, pooled, image_cond=None):
         self.calls += 1
         return x * 0 + crossattn.mean(dim=(1, 2)).reshape(-1, 1, 1, 1)
 

@@ -40,7 +40,7 @@ def conds(builtin_model):
 
 
 def _ours(builtin_model, c, uc):
-    def model_fn(x, t, crossattn, pooled):
+    def model_fn(x, t, crossattn, pooled, image_cond):
         return builtin_model.unet(x, t, encoder_hidden_states=crossattn).sample
 
     inner = DiscreteDenoiser(model_fn, DiscreteSchedule(builtin_model.alphas_cumprod))

@@ -1,0 +1,156 @@
+"""process_images: A1111's order of work for every request (a1111.md 4.2).
+
+1. validate, 2. per-request options, 3. resolve model/sampler, 4. prompts and seeds,
+5. mode init (hires plan, or img2img images and masks), then per batch: extra
+networks, conditioning, sampling, VAE decode, per-image postprocess, infotext, save;
+finally the grid and the Processed result.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from backend.errors import Interrupted, InvalidRequest
+from backend.postprocess import images as image_io
+from backend.processing.core import (
+    ProcessingContext,
+    create_infotext,
+    decode_latents,
+    make_grid,
+    outdir,
+    resolve_run,
+    setup_prompts_and_seeds,
+    tensor_to_image,
+    write_text,
+)
+from backend.processing.img2img import Img2ImgMode
+from backend.processing.objects import (
+    Processed,
+    StableDiffusionProcessing,
+    StableDiffusionProcessingImg2Img,
+    StableDiffusionProcessingTxt2Img,
+)
+from backend.processing.txt2img import Txt2ImgMode
+from backend.prompts import parser
+
+log = logging.getLogger(__name__)
+
+
+def process_images(p: StableDiffusionProcessing, ctx: ProcessingContext) -> Processed:
+    """Generate what `p` asks for."""
+    # 1. Check inputs before any work.
+    p.validate()
+    if ctx.scripts is not None:
+        ctx.scripts.before_process(p)
+    # 2. Per-request settings: overrides seen only by this request.
+    opts = ctx.options.with_overrides(p.override_settings)
+    try:
+        return _process(p, ctx, opts)
+    finally:
+        if not p.override_settings_restore_afterwards and p.override_settings:
+            for key, value in p.override_settings.items():
+                ctx.options.set(key, value)
+            ctx.options.save()
+
+
+def _process(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapping[str, Any]) -> Processed:
+    # 3-4. Model, sampler, prompts, seeds.
+    run = resolve_run(p, ctx, opts)
+    setup_prompts_and_seeds(p, opts)
+    # 5. Mode init.
+    mode: Txt2ImgMode | Img2ImgMode
+    if isinstance(p, StableDiffusionProcessingImg2Img):
+        mode = Img2ImgMode(p, ctx, run)
+    elif isinstance(p, StableDiffusionProcessingTxt2Img):
+        mode = Txt2ImgMode(p, ctx, run)
+    else:
+        raise InvalidRequest("p", "use StableDiffusionProcessingTxt2Img or StableDiffusionProcessingImg2Img")
+    mode.init()
+    if ctx.scripts is not None:
+        ctx.scripts.process(p)
+
+    state = ctx.state
+    state.begin(mode.kind, p.n_iter * mode.jobs_per_batch)
+    output_images: list[Image.Image] = []
+    infotexts: list[str] = []
+    saved: list[Path] = []
+    interrupted = False
+
+    for n in range(p.n_iter):
+        if state.interrupted:
+            interrupted = True
+            break
+        p.iteration = n
+        lo, hi = n * p.batch_size, (n + 1) * p.batch_size
+        p.prompts, p.negative_prompts = p.all_prompts[lo:hi], p.all_negative_prompts[lo:hi]
+        p.seeds, p.subseeds = p.all_seeds[lo:hi], p.all_subseeds[lo:hi]
+
+        if ctx.scripts is not None:
+            ctx.scripts.before_process_batch(p, n)
+        # Extra-network tags are stripped from what CLIP sees; the first prompt decides
+        # which networks are active (A1111). The networks layer comes with LoRA support.
+        stripped, p.extra_network_data = parser.parse_extra_networks_for_prompts(p.prompts)
+        neg_stripped = [parser.parse_extra_networks(t)[0] for t in p.negative_prompts]
+        for name in p.extra_network_data:
+            log.warning("extra network %r is not available; ignored", name)
+        if ctx.scripts is not None:
+            ctx.scripts.process_batch(p, n)
+
+        if n == 0 and ctx.write_params_txt:
+            write_text(ctx.data_dir / "params.txt",
+                       create_infotext(p, run, p.all_prompts, p.all_seeds, p.all_subseeds, resolved_scheduler=False))
+
+        try:
+            latents = mode.sample(stripped, neg_stripped)
+        except Interrupted as stop:
+            # Interrupt and skip both keep the partly denoised batch, as A1111 does; skip then
+            # goes on with the next batch.
+            interrupted = state.interrupted
+            latents = stop.args[0] if stop.args else None
+            if latents is None:
+                state.next_job()
+                if interrupted:
+                    break
+                continue
+
+        decoded = decode_latents(run.model, latents, ctx.devices)
+        if ctx.scripts is not None:
+            ctx.scripts.postprocess_batch(p, decoded, n)
+
+        for i in range(decoded.shape[0]):
+            p.batch_index = i
+            image = tensor_to_image(decoded[i])
+            if ctx.scripts is not None:
+                image = ctx.scripts.postprocess_image(p, image) or image
+            if isinstance(mode, Img2ImgMode):
+                image = mode.postprocess_image(i, image)
+            text = create_infotext(p, run, p.all_prompts, p.all_seeds, p.all_subseeds, n, i)
+            if run.opts["samples_save"] and not p.do_not_save_samples:
+                path, _ = image_io.save_image(
+                    image, outdir(p, ctx, run.opts, grid=False), "", seed=p.seeds[i], prompt=p.prompts[i],
+                    extension=run.opts["samples_format"], info=text, p=p, opts=run.opts)
+                saved.append(path)
+            if run.opts["enable_pnginfo"]:
+                image.info["parameters"] = text
+            output_images.append(image)
+            infotexts.append(text)
+        state.next_job()
+        if interrupted:
+            break
+
+    index_of_first_image = make_grid(p, ctx, run, output_images, infotexts, saved) if output_images else 0
+    processed = Processed(
+        images=output_images, infotexts=infotexts, p=p,
+        seed=p.all_seeds[0], subseed=p.all_subseeds[0], all_seeds=p.all_seeds, all_subseeds=p.all_subseeds,
+        all_prompts=p.all_prompts, all_negative_prompts=p.all_negative_prompts,
+        index_of_first_image=index_of_first_image, saved_paths=saved, interrupted=interrupted,
+        comments="\n".join(str(c) for c in p.comments.values()),
+    )
+    processed.info = infotexts[0] if infotexts else ""
+    if ctx.scripts is not None:
+        ctx.scripts.postprocess(p, processed)
+    return processed

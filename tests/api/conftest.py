@@ -1,0 +1,114 @@
+"""Real servers for the API tests: webui.py's own prepare/build_app/make_server, run by uvicorn
+in a thread on a free port, with the built-in model on the CPU and a data dir in tmp."""
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import webui
+from backend.config import Settings
+from backend.context import AppContext
+from backend.devices import DevicePolicy
+from backend.models import builtin
+
+OTHER_MODEL = "other-model.safetensors"
+
+# Small and quick: every generation in this suite is 64x64 with a few steps.
+TINY: dict[str, Any] = {"prompt": "a cozy cabin", "negative_prompt": "blurry", "steps": 3, "width": 64, "height": 64,
+                        "seed": 42, "sampler_name": "Euler a", "cfg_scale": 7}
+
+
+@dataclass
+class LiveServer:
+    """A running server: its base URL, context and app."""
+
+    url: str
+    ctx: AppContext
+    app: Any
+
+    def api(self, path: str) -> str:
+        return f"{self.url}/sdapi/v1{path}"
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=f"{self.url}/sdapi/v1", timeout=120, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(args: list[str], data_dir: Path, models_dir: Path) -> Iterator[LiveServer]:
+    """Start webui's app with these flags in a thread; stop it (and its job queue) on exit."""
+    port = free_port()
+    settings = Settings.from_args(["--data-dir", str(data_dir), "--models-dir", str(models_dir),
+                                   "--port", str(port), *args], env={})
+    ctx = webui.prepare(settings, DevicePolicy.cpu())
+    app = webui.build_app(ctx)
+    server = webui.make_server(app, settings)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.05)
+    try:
+        yield LiveServer(f"http://127.0.0.1:{port}", ctx, app)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture(scope="session")
+def extra_ckpt_dir(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Path:
+    """A --ckpt-dir holding a second checkpoint (a copy of the built-in one under another name)."""
+    root = tmp_path_factory.mktemp("extra-ckpts")
+    shutil.copy(models_dir / builtin.CHECKPOINT_SUBDIR / builtin.DEFAULT_MODEL_FILENAME, root / OTHER_MODEL)
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, extra_ckpt_dir: Path) -> Iterator[LiveServer]:
+    """The API-only server most tests share (no auth). Tests that change options put them back."""
+    with serve(["--nowebui", "--ckpt-dir", str(extra_ckpt_dir)], tmp_path_factory.mktemp("data"), models_dir) as live:
+        yield live
+
+
+@pytest.fixture
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c
+
+
+@pytest.fixture
+def start_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Start extra servers with other flags inside one test; all are stopped at its end."""
+    with ExitStack() as stack:
+        def start(*args: str) -> LiveServer:
+            return stack.enter_context(serve(list(args), tmp_path_factory.mktemp("data"), models_dir))
+
+        yield start
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.02) -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"condition not met within {timeout} s")

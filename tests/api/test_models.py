@@ -1,0 +1,103 @@
+"""The model and list routes: checkpoints, samplers, schedulers, upscalers and A1111's other lists."""
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import pytest
+
+from backend.sampling.registry import SAMPLERS, SCHEDULERS
+from tests.api.conftest import OTHER_MODEL, TINY, LiveServer
+
+
+def test_sd_models(server: LiveServer, client: httpx.Client) -> None:
+    items = client.get("/sd-models").json()
+    by_name = {item["model_name"]: item for item in items}
+    assert set(by_name) >= {"sd-tiny-builtin", "other-model"}
+    builtin = by_name["sd-tiny-builtin"]
+    assert set(builtin) == {"title", "model_name", "hash", "sha256", "filename", "config"}
+    assert builtin["hash"] == builtin["sha256"][:10]
+    assert builtin["title"] == f"sd-tiny-builtin.safetensors [{builtin['hash']}]"
+    assert builtin["filename"].endswith("sd-tiny-builtin.safetensors") and builtin["config"] is None
+
+
+def test_refresh_checkpoints_finds_new_files(server: LiveServer, client: httpx.Client) -> None:
+    folder = server.ctx.settings.ckpt_dirs[0]
+    added = folder / "sub" / "late-arrival.safetensors"
+    added.parent.mkdir()
+    shutil.copy(folder / OTHER_MODEL, added)
+    try:
+        assert "sub_late-arrival" not in [m["model_name"] for m in client.get("/sd-models").json()]
+        assert client.post("/refresh-checkpoints").status_code == 200
+        assert "sub_late-arrival" in [m["model_name"] for m in client.get("/sd-models").json()]
+    finally:
+        shutil.rmtree(added.parent)
+        client.post("/refresh-checkpoints")
+
+
+def test_unload_and_reload_checkpoint(server: LiveServer, client: httpx.Client) -> None:
+    assert client.post("/unload-checkpoint").json() == {}
+    assert server.ctx.models.loaded() == []
+    assert client.post("/reload-checkpoint").json() == {}
+    assert [info.title for info in server.ctx.models.loaded()] == [client.get("/options").json()["sd_model_checkpoint"]]
+    assert client.post("/txt2img", json=TINY).status_code == 200
+
+
+def test_samplers(client: httpx.Client) -> None:
+    items = client.get("/samplers").json()
+    assert [s["name"] for s in items] == [s.name for s in SAMPLERS]
+    sde = next(s for s in items if s["name"] == "DPM++ SDE")
+    assert sde["aliases"] == ["k_dpmpp_sde"]
+    assert sde["options"] == {"scheduler": "karras", "second_order": "True", "brownian_noise": "True"}
+
+
+def test_schedulers(client: httpx.Client) -> None:
+    items = client.get("/schedulers").json()
+    assert [s["name"] for s in items] == [s.name for s in SCHEDULERS]
+    karras = next(s for s in items if s["name"] == "karras")
+    assert karras == {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0,
+                      "need_inner_model": False}
+
+
+def test_upscalers_and_latent_modes(client: httpx.Client) -> None:
+    upscalers = client.get("/upscalers").json()
+    assert [u["name"] for u in upscalers] == ["None", "Lanczos", "Nearest"]
+    assert upscalers[1] == {"name": "Lanczos", "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+    modes = [m["name"] for m in client.get("/latent-upscale-modes").json()]
+    assert modes[0] == "Latent" and len(modes) == 6 and "Latent (nearest-exact)" in modes
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/sd-vae", []),
+    ("/hypernetworks", []),
+    ("/face-restorers", []),
+    ("/realesrgan-models", []),
+    ("/prompt-styles", []),
+    ("/loras", []),
+    ("/embeddings", {"loaded": {}, "skipped": {}}),
+    ("/scripts", {"txt2img": [], "img2img": []}),
+    ("/script-info", []),
+    ("/extensions", []),
+])
+def test_lists_of_what_we_do_not_have_yet(client: httpx.Client, path: str, expected: object) -> None:
+    assert client.get(path).json() == expected
+
+
+@pytest.mark.parametrize("path", ["/refresh-vae", "/refresh-loras", "/refresh-embeddings"])
+def test_refresh_routes_answer_null(client: httpx.Client, path: str) -> None:
+    r = client.post(path)
+    assert r.status_code == 200 and r.json() is None
+
+
+@pytest.mark.parametrize("path", ["/extra-single-image", "/extra-batch-images", "/interrogate",
+                                  "/create/embedding", "/train/hypernetwork"])
+def test_routes_for_features_we_lack_say_so(client: httpx.Client, path: str) -> None:
+    r = client.post(path, json={})
+    assert r.status_code == 404
+    assert r.json()["detail"].startswith(f"POST /sdapi/v1{path}: ") and "not available yet" in r.json()["detail"]
+
+
+def test_memory(client: httpx.Client) -> None:
+    body = client.get("/memory").json()
+    assert set(body["ram"]) == {"free", "used", "total"} and body["ram"]["used"] > 0
+    assert body["cuda"] == {"error": "unavailable"}  # the test server runs on the CPU
