@@ -18,6 +18,7 @@ from backend.models import builtin
 from backend.models.hashes import HashCache
 from backend.models.manager import ModelManager
 from backend.models.registry import CheckpointRegistry
+from backend.postprocess.face_restore import FaceRestorerRegistry
 from backend.postprocess.preview import approximate_rgb
 from backend.postprocess.upscalers import UpscalerRegistry
 from backend.processing import (
@@ -95,6 +96,7 @@ class AppContext:
     queue: JobQueue
     preview: LivePreview
     upscalers: UpscalerRegistry
+    face_restorers: FaceRestorerRegistry
 
     @classmethod
     def build(cls, settings: Settings, devices: DevicePolicy | None = None) -> "AppContext":
@@ -118,7 +120,8 @@ class AppContext:
                                                                ("RealESRGAN", settings.extra.get("realesrgan_models_path")))
                       if path}
         upscalers = UpscalerRegistry(settings.models_dir, extra_dirs)
-        return cls(settings, options, devices, registry, models, queue, preview, upscalers)
+        face_restorers = FaceRestorerRegistry(settings.models_dir)
+        return cls(settings, options, devices, registry, models, queue, preview, upscalers, face_restorers)
 
     def start(self) -> None:
         """Start the job worker (webui.py, the CLI and tests call this once everything is built)."""
@@ -148,7 +151,7 @@ class AppContext:
         return ProcessingContext(models=self.models, options=self.options, devices=self.devices,
                                  data_dir=self.settings.data_dir,
                                  state=self.queue.new_state() if state is None else state,
-                                 upscalers=self.upscalers)
+                                 upscalers=self.upscalers, face_restorers=self.face_restorers)
 
     def submit(self, p: StableDiffusionProcessing, *, request: Any = None) -> Job:
         """Queue a generation and return its job at once (the asynchronous API)."""

@@ -24,13 +24,14 @@ from torch import Tensor
 from backend import version
 from backend.config import Options
 from backend.devices import DevicePolicy
-from backend.errors import Interrupted, InvalidRequest
+from backend.errors import Interrupted, InvalidRequest, ModelNotFound
 from backend.jobs.progress import JobState
 from backend.models.loader import LoadedModel
 from backend.models.manager import ModelManager
 from backend.models.registry import CheckpointInfo
 from backend.postprocess import images as image_io
 from backend.postprocess.infotext import format_infotext
+from backend.postprocess.face_restore import FaceRestorerRegistry
 from backend.postprocess.upscalers import UpscalerRegistry, resize_to
 from backend.processing.objects import Processed, StableDiffusionProcessing
 from backend.prompts import parser
@@ -81,6 +82,7 @@ class ProcessingContext:
     scripts: ScriptRunner | None = None
     write_params_txt: bool = True
     upscalers: UpscalerRegistry | None = None
+    face_restorers: FaceRestorerRegistry | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -125,12 +127,23 @@ def resolve_run(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapp
     if p.restore_faces is None:
         p.restore_faces = bool(opts["face_restoration"])
     if p.restore_faces:
-        raise InvalidRequest("restore_faces", "face restoration is not available yet in this version")
+        _check_face_restorer(ctx, opts["face_restoration_model"])
     if p.tiling is None:
         p.tiling = bool(opts["tiling"])
     if p.tiling:
         raise InvalidRequest("tiling", "tiling is not available yet in this version")
     return Run(opts, sampler, scheduler, checkpoint, model, conditioner, encode, ConditioningCache())
+
+
+def _check_face_restorer(ctx: ProcessingContext, name: str) -> None:
+    """Fail before generating when the chosen restorer's weights are missing."""
+    restorers = [] if ctx.face_restorers is None else ctx.face_restorers.list()
+    found = next((r for r in restorers if r.name == name), None)
+    if found is None:
+        raise InvalidRequest("face_restoration_model", f"unknown face restorer {name!r}; known: "
+                             + ", ".join(r.name for r in restorers))
+    if found.path is None:
+        raise ModelNotFound("face restorer weights", f"{name} (put its .pth file in {found.folder})")
 
 
 def encoder_specs(model: LoadedModel, opts: Mapping[str, Any]) -> list[EncoderSpec]:
@@ -279,6 +292,15 @@ def sample_pass(p: StableDiffusionProcessing, ctx: ProcessingContext, run: Run, 
                                     schedule=schedule, params=params, txt2img_steps=txt2img_steps)
 
 
+def restore_faces(ctx: ProcessingContext, run: Run, image: Image.Image) -> Image.Image:
+    """Face restoration of one generated image (A1111: before the postprocess_image hook)."""
+    assert ctx.face_restorers is not None
+    opts = run.opts
+    return ctx.face_restorers.restore_faces(
+        image, opts["face_restoration_model"], codeformer_weight=float(opts["code_former_weight"]),
+        device=ctx.devices.device, unload_after=bool(opts["face_restoration_unload"]))
+
+
 def upscale_image(ctx: ProcessingContext, run: Run, image: Image.Image, width: int, height: int,
                   name: str) -> Image.Image:
     """Resize to exactly width x height, growing with the named upscaler (A1111's resize_image)."""
@@ -404,6 +426,7 @@ def create_infotext(p: StableDiffusionProcessing, run: Run, all_prompts: list[st
         "Schedule type": schedule_type,
         "CFG scale": p.cfg_scale,
         "Seed": p.all_seeds[0] if use_main_prompt else all_seeds[index],
+        "Face restoration": opts["face_restoration_model"] if p.restore_faces else None,
         "Size": f"{p.width}x{p.height}",
         "Model hash": p.sd_model_hash if opts["add_model_hash_to_info"] else None,
         "Model": p.sd_model_name if opts["add_model_name_to_info"] else None,

@@ -238,6 +238,7 @@ class Processed:
     comments: str = ""
     saved_paths: list[Path] = field(default_factory=list)
     interrupted: bool = False
+    face_restoration_model: str | None = None
 
     def js(self) -> str:
         """The `info` JSON string of the API response, with A1111's keys in A1111's order."""
@@ -259,7 +260,7 @@ class Processed:
             "steps": p.steps,
             "batch_size": p.batch_size,
             "restore_faces": bool(p.restore_faces),
-            "face_restoration_model": None,
+            "face_restoration_model": self.face_restoration_model,
             "sd_model_name": p.sd_model_name,
             "sd_model_hash": p.sd_model_hash,
             "sd_vae_name": p.sd_vae_name,

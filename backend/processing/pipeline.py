@@ -23,6 +23,7 @@ from backend.processing.core import (
     make_grid,
     outdir,
     resolve_run,
+    restore_faces,
     setup_prompts_and_seeds,
     tensor_to_image,
     write_text,
@@ -124,6 +125,8 @@ def _process(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapping
         for i in range(decoded.shape[0]):
             p.batch_index = i
             image = tensor_to_image(decoded[i])
+            if p.restore_faces:
+                image = restore_faces(ctx, run, image)
             if ctx.scripts is not None:
                 image = ctx.scripts.postprocess_image(p, image) or image
             if isinstance(mode, Img2ImgMode):
@@ -149,6 +152,7 @@ def _process(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapping
         all_prompts=p.all_prompts, all_negative_prompts=p.all_negative_prompts,
         index_of_first_image=index_of_first_image, saved_paths=saved, interrupted=interrupted,
         comments="\n".join(str(c) for c in p.comments.values()),
+        face_restoration_model=run.opts["face_restoration_model"] if p.restore_faces else None,
     )
     processed.info = infotexts[0] if infotexts else ""
     if ctx.scripts is not None:
