@@ -116,14 +116,11 @@ def resolve_run(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapp
     p.sampler_name = sampler.name
     p.scheduler = scheduler.label
 
-    checkpoint, model = ctx.models.get(opts.get("sd_model_checkpoint"))
-    p.sd_model_name = checkpoint.model_name
-    p.sd_model_hash = checkpoint.shorthash
-    p.clip_skip = int(opts["CLIP_stop_at_last_layers"])
-    p.is_using_inpainting_conditioning = model.is_inpaint
-    encode = EncodeSettings(clip_skip=p.clip_skip, emphasis=opts["emphasis"],
-                            comma_padding_backtrack=int(opts["comma_padding_backtrack"]))
-    conditioner = TextConditioner(encoder_specs(model, opts), ctx.devices.device, zero_empty_negative=model.is_sdxl)
+    run = load_run(ctx, opts, opts.get("sd_model_checkpoint"), sampler, scheduler)
+    p.sd_model_name = run.checkpoint.model_name
+    p.sd_model_hash = run.checkpoint.shorthash
+    p.clip_skip = run.encode.clip_skip
+    p.is_using_inpainting_conditioning = run.model.is_inpaint
     if p.restore_faces is None:
         p.restore_faces = bool(opts["face_restoration"])
     if p.restore_faces:
@@ -132,6 +129,16 @@ def resolve_run(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapp
         p.tiling = bool(opts["tiling"])
     if p.tiling:
         raise InvalidRequest("tiling", "tiling is not available yet in this version")
+    return run
+
+
+def load_run(ctx: ProcessingContext, opts: Mapping[str, Any], checkpoint_name: str | None,
+             sampler: samplers.SamplerSpec, scheduler: samplers.SchedulerSpec) -> Run:
+    """The model (loaded if needed) and its text conditioner for one pass; touches no request field."""
+    checkpoint, model = ctx.models.get(checkpoint_name)
+    encode = EncodeSettings(clip_skip=int(opts["CLIP_stop_at_last_layers"]), emphasis=opts["emphasis"],
+                            comma_padding_backtrack=int(opts["comma_padding_backtrack"]))
+    conditioner = TextConditioner(encoder_specs(model, opts), ctx.devices.device, zero_empty_negative=model.is_sdxl)
     return Run(opts, sampler, scheduler, checkpoint, model, conditioner, encode, ConditioningCache())
 
 

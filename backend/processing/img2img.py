@@ -53,6 +53,7 @@ class Img2ImgMode:
     def __init__(self, p: StableDiffusionProcessingImg2Img, ctx: ProcessingContext, run: Run) -> None:
         self.p, self.ctx, self.run = p, ctx, run
         self.prepared: Prepared | None = None
+        self.decode_run = run
 
     def init(self) -> None:
         """Resize init images, build the masks, encode the init latent (A1111's img2img init)."""

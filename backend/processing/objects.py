@@ -147,9 +147,15 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
     force_task_id: str | None = None
+    # "Upscale" of an existing image: skip the first pass and run only the hires pass on it.
+    firstpass_image: Image.Image | None = None
 
     def validate(self) -> None:
         super().validate()
+        if self.firstpass_image is not None and not isinstance(self.firstpass_image, Image.Image):
+            raise InvalidRequest("firstpass_image", "must be an image")
+        if self.firstpass_image is not None and not self.enable_hr:
+            raise InvalidRequest("firstpass_image", "needs enable_hr: only the hires pass runs on it")
         if not self.enable_hr:
             return
         strength = self.denoising_strength

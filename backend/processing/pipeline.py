@@ -118,7 +118,7 @@ def _process(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapping
                     break
                 continue
 
-        decoded = decode_latents(run.model, latents, ctx.devices)
+        decoded = decode_latents(mode.decode_run.model, latents, ctx.devices)
         if ctx.scripts is not None:
             ctx.scripts.postprocess_batch(p, decoded, n)
 

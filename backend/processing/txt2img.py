@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from backend.errors import InvalidRequest, ModelNotFound
@@ -24,6 +25,7 @@ from backend.processing.core import (
     encode_images,
     image_rng,
     inpaint_conditioning,
+    load_run,
     sample_pass,
     tensor_to_image,
     upscale_image,
@@ -51,6 +53,7 @@ class HiresPlan:
     upscaler: str | None
     prompts: list[str]
     negative_prompts: list[str]
+    checkpoint: str | None  # another checkpoint for this pass (hr_checkpoint_name), or None
 
 
 class Txt2ImgMode:
@@ -61,10 +64,12 @@ class Txt2ImgMode:
     def __init__(self, p: StableDiffusionProcessingTxt2Img, ctx: ProcessingContext, run: Run) -> None:
         self.p, self.ctx, self.run = p, ctx, run
         self.hires: HiresPlan | None = None
+        # The model that made the last latents (the hires checkpoint after a switch): the one to decode with.
+        self.decode_run = run
 
     @property
     def jobs_per_batch(self) -> int:
-        return 2 if self.hires is not None else 1
+        return 2 if self.hires is not None and self.p.firstpass_image is None else 1
 
     def init(self) -> None:
         """Resolve the hires pass and write its infotext keys in A1111's order."""
@@ -73,8 +78,14 @@ class Txt2ImgMode:
             return
         extra = p.extra_generation_params
         extra["Denoising strength"] = p.denoising_strength
+        hr_checkpoint = None
         if p.hr_checkpoint_name not in (None, *USE_SAME):
-            raise InvalidRequest("hr_checkpoint_name", "a different checkpoint for the hires pass is not supported yet")
+            found = self.ctx.models.registry.find(p.hr_checkpoint_name)
+            if found is None:
+                raise InvalidRequest("hr_checkpoint_name", f"unknown checkpoint {p.hr_checkpoint_name!r}")
+            self.ctx.models.registry.ensure_hash(found)
+            hr_checkpoint = found.title
+            extra["Hires checkpoint"] = found.short_title
         hr_sampler_name = p.hr_sampler_name if p.hr_sampler_name not in (None, *USE_SAME) else p.sampler_name
         hr_scheduler_name = p.hr_scheduler if p.hr_scheduler not in (None, *USE_SAME) else p.scheduler
         sampler, scheduler = samplers.resolve_sampler_and_scheduler(hr_sampler_name, hr_scheduler_name)
@@ -109,7 +120,7 @@ class Txt2ImgMode:
             extra["Hires upscaler"] = upscaler
         mode = None if latent_mode is None else (latent_mode.mode, latent_mode.antialias)
         self.hires = HiresPlan(sampler, scheduler, p.hr_second_pass_steps or p.steps, width, height, tx, ty,
-                               mode, upscaler, hr_prompts, hr_negatives)
+                               mode, upscaler, hr_prompts, hr_negatives, hr_checkpoint)
 
     def _check_upscaler(self, name: str) -> None:
         known = [] if self.ctx.upscalers is None else [u.name for u in self.ctx.upscalers.list()]
@@ -124,9 +135,13 @@ class Txt2ImgMode:
             raise InvalidRequest("hr_upscaler", reason)
 
     def sample(self, prompts: list[str], negative_prompts: list[str]) -> Tensor:
-        """First pass, then the hires pass when enabled."""
+        """First pass, then the hires pass when enabled (only the hires pass for firstpass_image)."""
         p, run, ctx = self.p, self.run, self.ctx
         multiplier = 2 if run.sampler.options.second_order else 1
+        self.decode_run = run
+        if p.firstpass_image is not None:
+            first = p.firstpass_image.convert("RGB")
+            return self._hires_pass(None, [first] * len(prompts), multiplier * p.steps)
         conds = batch_conds(run, prompts, negative_prompts, steps=p.steps * multiplier)
         sigmas = cpu_sigmas(run, run.sampler, run.scheduler, p.steps)
         rng = image_rng(p, run, ctx, p.width, p.height)
@@ -147,31 +162,41 @@ class Txt2ImgMode:
         if self.hires is None or ctx.state.interrupted:
             return samples
         ctx.state.next_job()
-        return self._hires_pass(samples, multiplier * p.steps)
+        return self._hires_pass(samples, None, multiplier * p.steps)
 
-    def _hires_pass(self, samples: Tensor, firstpass_steps: int) -> Tensor:
-        p, run, ctx, hr = self.p, self.run, self.ctx, self.hires
+    def _hires_pass(self, samples: Tensor | None, first_images: list[Image.Image] | None,
+                    firstpass_steps: int) -> Tensor:
+        """A1111's sample_hr_pass, from first-pass latents or from given first-pass images."""
+        p, ctx, hr = self.p, self.ctx, self.hires
         assert hr is not None
         device = ctx.devices.device
         lo = p.iteration * p.batch_size
+        if samples is not None and hr.latent_mode is None:
+            # Image upscalers work on pixels: decode with the model that made the latents.
+            first_images = [tensor_to_image(im) for im in decode_latents(self.run.model, samples, ctx.devices)]
+        run = self.run
+        if hr.checkpoint is not None:
+            run = load_run(ctx, self.run.opts, hr.checkpoint, hr.sampler, hr.scheduler)
+        self.decode_run = run
         image_cond = None
         if hr.latent_mode is not None:
             mode, antialias = hr.latent_mode
+            if samples is None:
+                assert first_images is not None
+                samples = encode_images(run.model, _to_tensor(first_images, device) * 2 - 1, ctx.devices)
             samples = torch.nn.functional.interpolate(samples, size=(hr.height // 8, hr.width // 8), mode=mode,
                                                       antialias=antialias)
             if run.model.is_inpaint:
                 grey = torch.zeros(samples.shape[0], 3, hr.height, hr.width, device=device)
                 image_cond = inpaint_conditioning(run.model, grey, None, ctx.devices, tuple(samples.shape[-2:]))
         else:
-            decoded = decode_latents(run.model, samples, ctx.devices)
+            assert first_images is not None
             name = hr.upscaler
             assert name is not None
-            batch = []
-            for i in range(decoded.shape[0]):
-                image = masking.resize_image(0, tensor_to_image(decoded[i]), hr.width, hr.height,
-                                             upscale=lambda im, w, h: upscale_image(ctx, run, im, w, h, name))
-                batch.append(np.moveaxis(np.asarray(image, dtype=np.float32) / 255.0, 2, 0))
-            pixels = torch.from_numpy(np.stack(batch)).to(device)
+            resized = [masking.resize_image(0, first, hr.width, hr.height,
+                                            upscale=lambda im, w, h: upscale_image(ctx, run, im, w, h, name))
+                       for first in first_images]
+            pixels = _to_tensor(resized, device)
             samples = encode_images(run.model, pixels * 2 - 1, ctx.devices)
             if run.model.is_inpaint:
                 image_cond = inpaint_conditioning(run.model, pixels * 2 - 1, None, ctx.devices, tuple(samples.shape[-2:]))
@@ -219,6 +244,12 @@ def target_resolution(p: StableDiffusionProcessingTxt2Img) -> tuple[int, int, in
     else:
         w, h = p.hr_resize_y * p.width // p.height, p.hr_resize_y
     return w, h, (w - p.hr_resize_x) // 8, (h - p.hr_resize_y) // 8
+
+
+def _to_tensor(images: list[Image.Image], device: torch.device) -> Tensor:
+    """PIL images -> [B, 3, H, W] float in [0, 1]."""
+    arrays = [np.moveaxis(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0, 2, 0) for im in images]
+    return torch.from_numpy(np.stack(arrays)).to(device)
 
 
 def _hr_prompts(hr_prompt: str, prompts: list[str]) -> list[str]:

@@ -101,3 +101,46 @@ def test_model_upscaler_hires(ctx_with_upscaler, strength: float) -> None:
                                               hr_second_pass_steps=2))
     assert processed.images[0].size == (128, 128)
     assert "Hires upscaler: tiny-compact-x2" in processed.infotexts[0]
+
+
+def test_upscale_of_an_existing_image_runs_only_the_hires_pass(app_ctx) -> None:
+    first = app_ctx.generate(StableDiffusionProcessingTxt2Img(prompt="a castle", steps=3, width=64, height=64, seed=9,
+                                                              sampler_name="Euler a", do_not_save_samples=True))
+    again = app_ctx.generate(_p(firstpass_image=first.images[0], hr_upscaler="Latent", hr_second_pass_steps=2))
+    assert again.images[0].size == (128, 128)
+    assert app_ctx.state.job_no == 1  # one job: the hires pass only (a full run counts 2)
+    plain = app_ctx.generate(_p(firstpass_image=first.images[0], hr_upscaler="Lanczos", denoising_strength=0.0))
+    assert plain.images[0].size == (128, 128)
+
+
+def test_firstpass_image_needs_enable_hr(app_ctx) -> None:
+    from PIL import Image
+
+    with pytest.raises(InvalidRequest) as e:
+        app_ctx.generate(_p(enable_hr=False, firstpass_image=Image.new("RGB", (64, 64))))
+    assert e.value.field == "firstpass_image"
+
+
+def test_hires_checkpoint_switches_model_for_the_second_pass(tmp_path, builtin_checkpoint) -> None:
+    import shutil
+
+    from backend.config import Settings
+    from backend.context import AppContext
+    from backend.devices import DevicePolicy
+
+    models = tmp_path / "models" / "Stable-diffusion"
+    models.mkdir(parents=True)
+    shutil.copy(builtin_checkpoint, models / "first.safetensors")
+    shutil.copy(builtin_checkpoint, models / "second.safetensors")
+    settings = Settings.from_args(["--data-dir", str(tmp_path / "d"), "--models-dir", str(tmp_path / "models")], env={})
+    app = AppContext.build(settings, devices=DevicePolicy.cpu())
+    app.start()
+    try:
+        processed = app.generate(_p(hr_checkpoint_name="second", override_settings={"sd_model_checkpoint": "first"}))
+        with pytest.raises(InvalidRequest) as e:
+            app.generate(_p(hr_checkpoint_name="missing"))
+    finally:
+        app.stop()
+    text = processed.infotexts[0]
+    assert "Model: first," in text and "Denoising strength: 0.7, Hires checkpoint: second [" in text
+    assert e.value.field == "hr_checkpoint_name"
