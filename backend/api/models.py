@@ -1,20 +1,23 @@
 """Request and response models with A1111's names, and the request -> processing object step.
 
-As in A1111, the txt2img request model is generated from the processing dataclass, so
-every processing field is accepted under its own name with its own default, and a new
-field shows up in the API (and in /docs) without being listed twice. Unknown request
-fields are ignored (clients such as SillyTavern send their own keys along).
+As in A1111, the txt2img and img2img request models are generated from the processing
+dataclasses, so every processing field is accepted under its own name with its own default,
+and a new field shows up in the API (and in /docs) without being listed twice. Image fields
+travel as base64 strings (A1111 turns `Image` fields into `str`) and are decoded here, each
+error naming its field. Unknown request fields are ignored (clients such as SillyTavern send
+their own keys along).
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import dataclasses
+import html
 import io
 import re
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -22,9 +25,16 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from backend.config import OPTION_DEFAULTS, coerce_option
 from backend.errors import InvalidRequest
 from backend.models.registry import CheckpointRegistry
+from backend.postprocess.extras import ExtrasRequest
 from backend.postprocess.images import image_to_bytes
 from backend.postprocess.infotext import parse_infotext
-from backend.processing import Processed, StableDiffusionProcessingTxt2Img
+from backend.processing import (
+    Processed,
+    StableDiffusionProcessing,
+    StableDiffusionProcessingImg2Img,
+    StableDiffusionProcessingTxt2Img,
+)
+from backend.processing.objects import INPAINTING_FILL, RESIZE_MODES
 from backend.sampling import registry as samplers
 
 # Processing fields the API does not take (A1111's API_NOT_ALLOWED, plus `user`, which
@@ -38,6 +48,17 @@ API_NOT_ALLOWED = frozenset({
 _API_TYPES: Mapping[str, Any] = {"seed": int, "subseed": int}
 
 
+def _is_image_type(hint: Any) -> bool:
+    return hint is Image.Image or Image.Image in typing.get_args(hint)
+
+
+def _api_type(hint: Any) -> Any:
+    """The API type of a processing field: images are base64 strings, lists of images lists of them."""
+    if typing.get_origin(hint) is list and any(_is_image_type(arg) for arg in typing.get_args(hint)):
+        return list[str]
+    return str if _is_image_type(hint) else hint
+
+
 def _processing_fields(cls: type) -> dict[str, Any]:
     """Optional pydantic fields for every init field of the processing dataclass."""
     hints = typing.get_type_hints(cls)
@@ -46,8 +67,14 @@ def _processing_fields(cls: type) -> dict[str, Any]:
         if not f.init or f.name in API_NOT_ALLOWED:
             continue
         default = None if f.default is dataclasses.MISSING else f.default
-        fields[f.name] = (Optional[_API_TYPES.get(f.name, hints[f.name])], Field(default=default))
+        fields[f.name] = (Optional[_API_TYPES.get(f.name, _api_type(hints[f.name]))], Field(default=default))
     return fields
+
+
+def _image_fields(cls: type) -> tuple[str, ...]:
+    """The init fields of `cls` that hold images (or lists of images)."""
+    hints = typing.get_type_hints(cls)
+    return tuple(f.name for f in dataclasses.fields(cls) if f.init and _api_type(hints[f.name]) != hints[f.name])
 
 
 _API_ONLY_FIELDS: dict[str, Any] = {
@@ -58,25 +85,40 @@ _API_ONLY_FIELDS: dict[str, Any] = {
     "save_images": (bool, Field(default=False, description="Also save the images to the outputs folder")),
     "alwayson_scripts": (Optional[dict[str, Any]], Field(default_factory=dict)),
     "infotext": (Optional[str], Field(default=None, description="Fill fields not given from this infotext")),
-    # A1111 fields for features we do not have yet: refused when set, never silently ignored.
-    "refiner_checkpoint": (Optional[str], Field(default=None)),
-    "refiner_switch_at": (Optional[float], Field(default=None)),
-    "firstpass_image": (Optional[str], Field(default=None)),
 }
 
-_UNAVAILABLE_FIELDS: Mapping[str, str] = {
-    "refiner_checkpoint": "the refiner",
-    "refiner_switch_at": "the refiner",
-    "firstpass_image": "a hires first-pass image",
+# A1111 fields for features processing does not have (yet): accepted by the model, refused when set,
+# never silently ignored. A field that processing gains leaves this table by itself.
+_UNAVAILABLE: Mapping[str, tuple[Any, str]] = {
+    "refiner_checkpoint": (Optional[str], "the refiner"),
+    "refiner_switch_at": (Optional[float], "the refiner"),
 }
+
+
+def _unavailable_fields(processing_fields: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: (_UNAVAILABLE[name][0], Field(default=None)) for name in names if name not in processing_fields}
+
 
 _TXT2IMG_FIELDS = _processing_fields(StableDiffusionProcessingTxt2Img)
+_IMG2IMG_FIELDS = _processing_fields(StableDiffusionProcessingImg2Img)
 
 Txt2ImgRequest: type[BaseModel] = create_model(
     "StableDiffusionTxt2ImgProcessingAPI",
     __config__=ConfigDict(extra="ignore"),
     **_TXT2IMG_FIELDS,
     **_API_ONLY_FIELDS,
+    **_unavailable_fields(_TXT2IMG_FIELDS, ("refiner_checkpoint", "refiner_switch_at")),
+)
+
+# A1111's img2img request: the same base fields without the hires ones, plus init_images, mask and
+# the inpainting fields, and include_init_images (echo the images back in `parameters`).
+Img2ImgRequest: type[BaseModel] = create_model(
+    "StableDiffusionImg2ImgProcessingAPI",
+    __config__=ConfigDict(extra="ignore"),
+    **_IMG2IMG_FIELDS,
+    **_API_ONLY_FIELDS,
+    **_unavailable_fields(_IMG2IMG_FIELDS, ("refiner_checkpoint", "refiner_switch_at")),
+    include_init_images=(bool, Field(default=False, description="Echo init_images and mask in `parameters`")),
 )
 
 
@@ -84,6 +126,60 @@ class TextToImageResponse(BaseModel):
     images: list[str] | None = Field(default=None, description="The generated images, base64 PNG with the infotext")
     parameters: dict[str, Any]
     info: str = Field(description="Processed.js(): a JSON string with the generation details")
+
+
+class ImageToImageResponse(TextToImageResponse):
+    """The img2img response: the same shape as txt2img's."""
+
+
+class ExtrasBaseRequest(BaseModel):
+    """A1111's Extras settings (ExtrasBaseRequest): upscale, then GFPGAN, then CodeFormer."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    resize_mode: Literal[0, 1] = Field(default=0, description="0: scale by upscaling_resize; "
+                                                              "1: scale to upscaling_resize_w x upscaling_resize_h")
+    show_extras_results: bool = Field(default=True, description="Return the images (always, for these routes)")
+    gfpgan_visibility: float = Field(default=0, ge=0, le=1, allow_inf_nan=False)
+    codeformer_visibility: float = Field(default=0, ge=0, le=1, allow_inf_nan=False)
+    codeformer_weight: float = Field(default=0, ge=0, le=1, allow_inf_nan=False,
+                                     description="0 = strongest restoration, 1 = closest to the input")
+    upscaling_resize: float = Field(default=2, ge=1, le=8, description="Scale factor for resize_mode 0")
+    upscaling_resize_w: int = Field(default=512, ge=1)
+    upscaling_resize_h: int = Field(default=512, ge=1)
+    upscaling_crop: bool = Field(default=True, description="Crop to exactly the requested size (resize_mode 1)")
+    upscaler_1: str = Field(default="None", description="A name from /sdapi/v1/upscalers")
+    upscaler_2: str = Field(default="None", description="A name from /sdapi/v1/upscalers, blended over upscaler_1")
+    extras_upscaler_2_visibility: float = Field(default=0, ge=0, le=1, allow_inf_nan=False)
+    upscale_first: bool = Field(default=False, description="Accepted and ignored, as in A1111 1.10")
+
+    def extras_request(self) -> ExtrasRequest:
+        """The postprocess settings; the API never saves Extras results (A1111: save_output=False)."""
+        fields = {f.name for f in dataclasses.fields(ExtrasRequest)} - {"save", "max_side_length"}
+        return ExtrasRequest(**{name: getattr(self, name) for name in fields}, save=False)
+
+
+class ExtrasSingleImageRequest(ExtrasBaseRequest):
+    image: str = Field(default="", description="Base64 image, raw or as a data: URI")
+
+
+class FileData(BaseModel):
+    data: str = Field(description="Base64 image, raw or as a data: URI")
+    name: str = Field(description="File name (accepted; results are not saved by the API)")
+
+
+class ExtrasBatchImagesRequest(ExtrasBaseRequest):
+    imageList: list[FileData] = Field(description="The images to process")  # noqa: N815 - A1111's name
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str = Field(description="The Extras infotext as HTML")
+    image: str | None = Field(default=None, description="The result, base64 PNG with its metadata")
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str = Field(description="The last image's Extras infotext as HTML")
+    images: list[str] = Field(description="The results, base64 PNG with their metadata")
 
 
 class PNGInfoRequest(BaseModel):
@@ -219,7 +315,7 @@ class LoraItem(BaseModel):
 
 class JobInfo(BaseModel):
     id: str = Field(description="Poll /sdapi/v1/jobs/{id}; fetch /sdapi/v1/jobs/{id}/result when done")
-    kind: str = Field(description="txt2img, or the queue's own work such as load-model")
+    kind: str = Field(description="txt2img, img2img, extras, or the queue's own work such as load-model")
     status: str = Field(description="queued, running, done, failed or cancelled")
     created: float = Field(description="Unix time of submission")
     started: float | None = None
@@ -267,7 +363,7 @@ def encode_image(image: Image.Image, opts: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------
-# txt2img request -> processing object -> response
+# txt2img / img2img request -> processing object -> response
 # ---------------------------------------------------------------------------
 
 def _int(text: object) -> int:
@@ -282,9 +378,16 @@ def _str(text: object) -> str:
     return str(text)
 
 
-# Infotext key -> request field, as A1111's txt2img paste fields (modules/ui.py, the sampler and
-# seed scripts). The sampler, schedule type and enable_hr are derived separately.
-INFOTEXT_FIELDS: tuple[tuple[str, str, Callable[[object], Any]], ...] = (
+def _index_in(choices: tuple[str, ...]) -> Callable[[object], int]:
+    """A radio button's value as its index (A1111's `type="index"` radios); ValueError if unknown."""
+    return lambda text: choices.index(str(text))
+
+
+InfotextField = tuple[str, str, Callable[[object], Any]]
+
+# Infotext key -> request field, as A1111's paste fields (modules/ui.py, the sampler and seed
+# scripts). The sampler, schedule type and enable_hr are derived separately.
+_COMMON_INFOTEXT_FIELDS: tuple[InfotextField, ...] = (
     ("Prompt", "prompt", _str),
     ("Negative prompt", "negative_prompt", _str),
     ("Steps", "steps", _int),
@@ -298,6 +401,10 @@ INFOTEXT_FIELDS: tuple[tuple[str, str, Callable[[object], Any]], ...] = (
     ("Seed resize from-1", "seed_resize_from_w", _int),
     ("Seed resize from-2", "seed_resize_from_h", _int),
     ("Denoising strength", "denoising_strength", _float),
+)
+
+TXT2IMG_INFOTEXT_FIELDS: tuple[InfotextField, ...] = (
+    *_COMMON_INFOTEXT_FIELDS,
     ("Hires upscale", "hr_scale", _float),
     ("Hires upscaler", "hr_upscaler", _str),
     ("Hires steps", "hr_second_pass_steps", _int),
@@ -308,19 +415,52 @@ INFOTEXT_FIELDS: tuple[tuple[str, str, Callable[[object], Any]], ...] = (
     ("Hires negative prompt", "hr_negative_prompt", _str),
 )
 
+IMG2IMG_INFOTEXT_FIELDS: tuple[InfotextField, ...] = (
+    *_COMMON_INFOTEXT_FIELDS,
+    ("Image CFG scale", "image_cfg_scale", _float),
+    ("Mask blur", "mask_blur", _int),
+    ("Mask mode", "inpainting_mask_invert", _index_in(("Inpaint masked", "Inpaint not masked"))),
+    ("Masked content", "inpainting_fill", _index_in(INPAINTING_FILL)),
+    ("Resize mode", "resize_mode", _index_in(RESIZE_MODES)),
+    ("Inpaint area", "inpaint_full_res", lambda text: bool(_index_in(("Whole picture", "Only masked"))(text))),
+    ("Masked area padding", "inpaint_full_res_padding", _int),
+)
 
-def apply_infotext(req: BaseModel, opts: Mapping[str, Any], registry: CheckpointRegistry) -> BaseModel:
+
+@dataclasses.dataclass(frozen=True)
+class GenerationKind:
+    """What differs between the txt2img and img2img routes."""
+
+    name: str
+    """txt2img or img2img; also names the output folder options (outdir_<name>_samples)."""
+    processing: type[StableDiffusionProcessing]
+    fields: Mapping[str, Any]
+    """The processing fields the request model carries."""
+    image_fields: tuple[str, ...]
+    """Fields sent as base64 and decoded here."""
+    infotext_fields: tuple[InfotextField, ...]
+
+
+TXT2IMG = GenerationKind("txt2img", StableDiffusionProcessingTxt2Img, _TXT2IMG_FIELDS,
+                         _image_fields(StableDiffusionProcessingTxt2Img), TXT2IMG_INFOTEXT_FIELDS)
+IMG2IMG = GenerationKind("img2img", StableDiffusionProcessingImg2Img, _IMG2IMG_FIELDS,
+                         _image_fields(StableDiffusionProcessingImg2Img), IMG2IMG_INFOTEXT_FIELDS)
+
+
+def apply_infotext(req: BaseModel, opts: Mapping[str, Any], registry: CheckpointRegistry,
+                   fields: tuple[InfotextField, ...] = TXT2IMG_INFOTEXT_FIELDS) -> BaseModel:
     """Fill the fields the request did not set from its `infotext` (A1111's apply_infotext).
 
-    Settings named in the infotext (Clip skip, ENSD, ...) that differ from the current
-    options go into override_settings, unless the request already overrides them.
+    `fields` is the route's table of infotext keys. Settings named in the infotext (Clip skip,
+    ENSD, ...) that differ from the current options go into override_settings, unless the
+    request already overrides them.
     """
     if not req.infotext:
         return req
     params = parse_infotext(req.infotext, skip_fields=opts["infotext_skip_pasting"] or ())
     given = req.model_fields_set
     update: dict[str, Any] = {}
-    for key, name, convert in INFOTEXT_FIELDS:
+    for key, name, convert in fields:
         if name in given or params.get(key) in (None, ""):
             continue
         try:
@@ -334,7 +474,8 @@ def apply_infotext(req: BaseModel, opts: Mapping[str, Any], registry: Checkpoint
         if "scheduler" not in given:
             update["scheduler"] = scheduler.label
     hires_keys = ("Hires upscale", "Hires upscaler", "Hires resize-1")
-    if "enable_hr" not in given and "Denoising strength" in params and any(k in params for k in hires_keys):
+    if ("enable_hr" in type(req).model_fields and "enable_hr" not in given and "Denoising strength" in params
+            and any(k in params for k in hires_keys)):
         update["enable_hr"] = True
     update["override_settings"] = _infotext_overrides(params, dict(req.override_settings or {}), opts, registry)
     return req.model_copy(update=update)
@@ -359,27 +500,41 @@ def _infotext_overrides(params: Mapping[str, Any], overrides: dict[str, Any], op
     return overrides
 
 
-def reject_unavailable(req: BaseModel) -> None:
+def reject_unavailable(req: BaseModel, kind: GenerationKind) -> None:
     """Scripts we do not have get A1111's 422; fields for features we lack are refused by name."""
     if req.script_name:
         raise InvalidRequest("script_name", f"Script '{req.script_name}' not found")
     if req.alwayson_scripts:
         name = next(iter(req.alwayson_scripts))
         raise InvalidRequest("alwayson_scripts", f"always on script {name} not found")
-    for name, feature in _UNAVAILABLE_FIELDS.items():
-        if getattr(req, name) is not None:
+    for name, (_, feature) in _UNAVAILABLE.items():
+        if name not in kind.fields and getattr(req, name, None) is not None:
             raise InvalidRequest(name, f"{feature} is not available yet in this version")
 
 
-def txt2img_processing(req: BaseModel, opts: Mapping[str, Any],
-                       registry: CheckpointRegistry) -> tuple[BaseModel, StableDiffusionProcessingTxt2Img]:
-    """The processing object for a txt2img request (after infotext pre-fill), validated.
+def _decode_images(req: BaseModel, names: tuple[str, ...]) -> dict[str, Any]:
+    """The image fields that were sent, decoded; an empty string counts as not sent (A1111: `if mask:`)."""
+    decoded: dict[str, Any] = {}
+    for name in names:
+        value = getattr(req, name)
+        if isinstance(value, list):
+            decoded[name] = [decode_image(item, name) for item in value]
+        elif value:
+            decoded[name] = decode_image(value, name)
+    return decoded
+
+
+def generation_processing(req: BaseModel, kind: GenerationKind, opts: Mapping[str, Any],
+                          registry: CheckpointRegistry) -> tuple[BaseModel, StableDiffusionProcessing]:
+    """The processing object for a txt2img or img2img request (after infotext pre-fill), validated.
 
     Returns the effective request too: its dump is the response's `parameters`.
     """
-    reject_unavailable(req)
-    req = apply_infotext(req, opts, registry)
-    kwargs = {name: getattr(req, name) for name in _TXT2IMG_FIELDS if getattr(req, name) is not None}
+    reject_unavailable(req, kind)
+    req = apply_infotext(req, opts, registry, kind.infotext_fields)
+    kwargs = {name: getattr(req, name) for name in kind.fields
+              if name not in kind.image_fields and getattr(req, name) is not None}
+    kwargs.update(_decode_images(req, kind.image_fields))
     sampler = req.sampler_name or req.sampler_index
     if isinstance(sampler, int):
         if not 0 <= sampler < len(samplers.SAMPLERS):
@@ -390,16 +545,60 @@ def txt2img_processing(req: BaseModel, opts: Mapping[str, Any],
     spec = samplers.find_sampler(sampler) if sampler else None
     kwargs["sampler_name"] = spec.name if spec is not None else sampler
     # The API saves nothing unless asked (A1111: do_not_save_* = not save_images), and writes to the
-    # txt2img folders even when outdir_samples is set.
+    # route's own folders even when outdir_samples is set.
     kwargs["do_not_save_samples"] = kwargs["do_not_save_grid"] = not req.save_images
-    kwargs["outpath_samples"] = opts["outdir_txt2img_samples"]
-    kwargs["outpath_grids"] = opts["outdir_txt2img_grids"]
-    p = StableDiffusionProcessingTxt2Img(**kwargs)
+    kwargs["outpath_samples"] = opts[f"outdir_{kind.name}_samples"]
+    kwargs["outpath_grids"] = opts[f"outdir_{kind.name}_grids"]
+    p = kind.processing(**kwargs)
     p.validate()
     return req, p
 
 
-def txt2img_response(req: BaseModel, processed: Processed, opts: Mapping[str, Any]) -> TextToImageResponse:
-    """A1111's TextToImageResponse: images (if send_images), the request, and Processed.js()."""
+def txt2img_processing(req: BaseModel, opts: Mapping[str, Any],
+                       registry: CheckpointRegistry) -> tuple[BaseModel, StableDiffusionProcessing]:
+    """generation_processing for a txt2img request."""
+    return generation_processing(req, TXT2IMG, opts, registry)
+
+
+def img2img_processing(req: BaseModel, opts: Mapping[str, Any],
+                       registry: CheckpointRegistry) -> tuple[BaseModel, StableDiffusionProcessing]:
+    """generation_processing for an img2img request."""
+    return generation_processing(req, IMG2IMG, opts, registry)
+
+
+def generation_response(req: BaseModel, processed: Processed, opts: Mapping[str, Any]) -> TextToImageResponse:
+    """A1111's TextToImageResponse / ImageToImageResponse: images (if send_images), the request, Processed.js().
+
+    As A1111, an img2img response echoes init_images and mask only when include_init_images is set.
+    """
     images = [encode_image(image, opts) for image in processed.images] if req.send_images else []
-    return TextToImageResponse(images=images, parameters=req.model_dump(), info=processed.js())
+    parameters = req.model_dump()
+    if "include_init_images" not in parameters:
+        return TextToImageResponse(images=images, parameters=parameters, info=processed.js())
+    if not req.include_init_images:
+        parameters["init_images"] = parameters["mask"] = None
+    return ImageToImageResponse(images=images, parameters=parameters, info=processed.js())
+
+
+# ---------------------------------------------------------------------------
+# Extras
+# ---------------------------------------------------------------------------
+
+def extras_inputs(req: ExtrasSingleImageRequest | ExtrasBatchImagesRequest) -> list[tuple[Image.Image, str | None]]:
+    """(image, name) pairs for run_extras; a bad image is a 422 naming `image` or `imageList`."""
+    if isinstance(req, ExtrasSingleImageRequest):
+        if not req.image.strip():
+            raise InvalidRequest("image", "an image is required")
+        return [(decode_image(req.image, "image"), None)]
+    inputs: list[tuple[Image.Image, str | None]] = []
+    for index, item in enumerate(req.imageList):
+        try:
+            inputs.append((decode_image(item.data, "imageList"), item.name))
+        except InvalidRequest as e:
+            raise InvalidRequest("imageList", f"item {index} ({item.name!r}): {e.reason}") from None
+    return inputs
+
+
+def plaintext_to_html(text: str) -> str:
+    """A1111's plaintext_to_html: escaped lines joined by <br>, in one paragraph (the Extras html_info)."""
+    return "<p>" + "<br>\n".join(html.escape(line) for line in text.split("\n")) + "</p>"

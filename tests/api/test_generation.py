@@ -1,4 +1,4 @@
-"""POST /sdapi/v1/txt2img against a real server: A1111's request handling and response shape."""
+"""POST /sdapi/v1/txt2img against a real server: A1111's request handling and response shape, hires fix included."""
 from __future__ import annotations
 
 import base64
@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.api.conftest import OTHER_MODEL, TINY, LiveServer
+from tests.api.conftest import OTHER_MODEL, TINY, TINY_UPSCALER, LiveServer, b64_png, gradient
 
 INFO_KEYS = [
     "prompt", "all_prompts", "negative_prompt", "all_negative_prompts", "seed", "all_seeds", "subseed", "all_subseeds",
@@ -144,7 +144,6 @@ def test_infotext_fills_fields_not_given(client: httpx.Client) -> None:
     ({"script_name": "x/y/z plot"}, 422, "Script 'x/y/z plot' not found"),
     ({"alwayson_scripts": {"ControlNet": {"args": []}}}, 422, "always on script ControlNet not found"),
     ({"refiner_checkpoint": "sdxl-refiner"}, 422, "refiner_checkpoint: the refiner is not available yet"),
-    ({"firstpass_image": "abc"}, 422, "firstpass_image: a hires first-pass image is not available yet"),
 ])
 def test_unavailable_features_are_refused_by_name(client: httpx.Client, payload: dict, status: int,
                                                   message: str) -> None:
@@ -205,10 +204,66 @@ def test_failure_inside_generation_is_500_and_server_keeps_working(server: LiveS
     assert len(_txt2img(client)["images"]) == 1
 
 
-def test_img2img_is_not_faked(client: httpx.Client) -> None:
-    r = client.post("/img2img", json={"init_images": ["x"], "prompt": "a"})
-    assert r.status_code == 404
-    assert r.json()["detail"] == "POST /sdapi/v1/img2img: img2img is not available yet in this version"
+def test_hires_fix_with_a_latent_upscaler(client: httpx.Client) -> None:
+    body = _txt2img(client, enable_hr=True, hr_scale=2, hr_upscaler="Latent (nearest)", hr_second_pass_steps=1,
+                    denoising_strength=0.5)
+    assert _png(body["images"][0]).size == (128, 128)
+    info = json.loads(body["info"])
+    assert info["width"] == 64 and info["denoising_strength"] == 0.5  # the first-pass size, as A1111
+    assert ("Size: 64x64," in info["infotexts"][0] and "Denoising strength: 0.5, Hires upscale: 2.0, Hires steps: 1, "
+            "Hires upscaler: Latent (nearest)," in info["infotexts"][0])
+
+
+def test_hires_fix_with_a_model_upscaler_to_a_target_size(client: httpx.Client) -> None:
+    body = _txt2img(client, enable_hr=True, hr_upscaler=TINY_UPSCALER[0], hr_resize_x=128, hr_resize_y=96,
+                    hr_second_pass_steps=1, hr_sampler_name="DPM++ 2M", hr_prompt="a cozy cabin at night")
+    assert _png(body["images"][0]).size == (128, 96)
+    infotext = json.loads(body["info"])["infotexts"][0]
+    for key in ("Hires resize: 128x96", f"Hires upscaler: {TINY_UPSCALER[0]}", "Hires sampler: DPM++ 2M",
+                "Hires prompt: a cozy cabin at night"):
+        assert key in infotext
+
+
+def test_hires_denoising_zero_and_infotext_prefill(client: httpx.Client) -> None:
+    assert _png(_txt2img(client, enable_hr=True, denoising_strength=0)["images"][0]).size == (128, 128)
+    infotext = ("a cabin\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x64, Denoising strength: 0.5, "
+                "Hires upscale: 1.5, Hires steps: 1, Hires upscaler: Latent")
+    body = client.post("/txt2img", json={"infotext": infotext}).json()
+    assert body["parameters"]["enable_hr"] is True and body["parameters"]["hr_scale"] == 1.5
+    assert _png(body["images"][0]).size == (96, 96)
+
+
+@pytest.mark.parametrize(("payload", "field", "message"), [
+    ({"hr_upscaler": "Magic 9x"}, "hr_upscaler", "Magic 9x"),
+    # A model A1111 would download: the message says which file to put where.
+    ({"hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler", str(Path("RealESRGAN") / "RealESRGAN_x4plus.pth")),
+    ({"hr_checkpoint_name": "no-such-model"}, "hr_checkpoint_name", "hr_checkpoint_name"),
+    ({"hr_sampler_name": "Imaginary"}, "hr_sampler_name", "Imaginary"),
+    ({"hr_scale": 0}, "hr_scale", "hr_scale"),
+    ({"denoising_strength": 2}, "denoising_strength", "denoising_strength"),
+])
+def test_bad_hires_input_is_422_naming_the_field(client: httpx.Client, payload: dict, field: str,
+                                                 message: str) -> None:
+    r = client.post("/txt2img", json={**TINY, "enable_hr": True, **payload})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", field] and message in r.json()["errors"]
+
+
+def test_firstpass_image_runs_only_the_hires_pass_on_it(client: httpx.Client) -> None:
+    hires = {**TINY, "enable_hr": True, "hr_second_pass_steps": 1}
+    r = client.post("/txt2img", json={**hires, "firstpass_image": b64_png(gradient())})
+    assert r.status_code == 200, r.text
+    assert _png(r.json()["images"][0]).size == (128, 128)
+    bad = client.post("/txt2img", json={**hires, "firstpass_image": "%%%"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "firstpass_image"]
+    without_hires = client.post("/txt2img", json={**TINY, "firstpass_image": b64_png(gradient())})
+    assert without_hires.status_code == 422 and without_hires.json()["detail"][0]["loc"] == ["body", "firstpass_image"]
+
+
+def test_hires_pass_with_another_checkpoint(client: httpx.Client) -> None:
+    body = _txt2img(client, enable_hr=True, hr_second_pass_steps=1, hr_checkpoint_name=OTHER_MODEL)
+    assert _png(body["images"][0]).size == (128, 128)
+    assert "Hires checkpoint: other-model" in json.loads(body["info"])["infotexts"][0]
 
 
 def test_twenty_concurrent_clients_are_all_answered(server: LiveServer) -> None:

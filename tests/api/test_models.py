@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from backend.sampling.registry import SAMPLERS, SCHEDULERS
-from tests.api.conftest import OTHER_MODEL, TINY, LiveServer
+from tests.api.conftest import OTHER_MODEL, TINY, TINY_REALESRGAN, TINY_UPSCALER, LiveServer
 
 
 def test_sd_models(server: LiveServer, client: httpx.Client) -> None:
@@ -59,19 +59,33 @@ def test_schedulers(client: httpx.Client) -> None:
                       "need_inner_model": False}
 
 
-def test_upscalers_and_latent_modes(client: httpx.Client) -> None:
+def test_upscalers_and_latent_modes(server: LiveServer, client: httpx.Client) -> None:
     upscalers = client.get("/upscalers").json()
-    assert [u["name"] for u in upscalers] == ["None", "Lanczos", "Nearest"]
+    # The built-in ones first, then the model files by lower-case name (A1111's order).
+    assert [u["name"] for u in upscalers] == ["None", "Lanczos", "Nearest", TINY_REALESRGAN[0], TINY_UPSCALER[0]]
     assert upscalers[1] == {"name": "Lanczos", "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+    models_dir = server.ctx.settings.models_dir
+    assert upscalers[4] == {"name": TINY_UPSCALER[0], "model_name": "ESRGAN",
+                            "model_path": str(models_dir / TINY_UPSCALER[1]), "model_url": None, "scale": 2}
     modes = [m["name"] for m in client.get("/latent-upscale-modes").json()]
-    assert modes[0] == "Latent" and len(modes) == 6 and "Latent (nearest-exact)" in modes
+    assert modes == ["Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                     "Latent (nearest)", "Latent (nearest-exact)"]
+
+
+def test_realesrgan_models_and_face_restorers(server: LiveServer, client: httpx.Client) -> None:
+    models_dir = server.ctx.settings.models_dir
+    assert client.get("/realesrgan-models").json() == [
+        {"name": TINY_REALESRGAN[0], "path": str(models_dir / TINY_REALESRGAN[1]), "scale": 4}]
+    # Both are listed (A1111 lists them before any download); cmd_dir is where their weights go.
+    assert client.get("/face-restorers").json() == [
+        {"name": "CodeFormer", "cmd_dir": str(models_dir / "Codeformer")},
+        {"name": "GFPGAN", "cmd_dir": str(models_dir / "GFPGAN")},
+    ]
 
 
 @pytest.mark.parametrize(("path", "expected"), [
     ("/sd-vae", []),
     ("/hypernetworks", []),
-    ("/face-restorers", []),
-    ("/realesrgan-models", []),
     ("/prompt-styles", []),
     ("/loras", []),
     ("/embeddings", {"loaded": {}, "skipped": {}}),
@@ -89,8 +103,7 @@ def test_refresh_routes_answer_null(client: httpx.Client, path: str) -> None:
     assert r.status_code == 200 and r.json() is None
 
 
-@pytest.mark.parametrize("path", ["/extra-single-image", "/extra-batch-images", "/interrogate",
-                                  "/create/embedding", "/train/hypernetwork"])
+@pytest.mark.parametrize("path", ["/interrogate", "/create/embedding", "/train/hypernetwork"])
 def test_routes_for_features_we_lack_say_so(client: httpx.Client, path: str) -> None:
     r = client.post(path, json={})
     assert r.status_code == 404

@@ -4,10 +4,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 import webuiapi
+from PIL import Image, ImageDraw
 
-from tests.api.conftest import OTHER_MODEL, LiveServer
+from tests.api.conftest import OTHER_MODEL, TINY_UPSCALER, LiveServer, gradient
 
 
 def _client(server: LiveServer, **kw: object) -> webuiapi.WebUIApi:
@@ -53,11 +55,28 @@ def test_set_model_through_options(server: LiveServer) -> None:
     assert api.util_get_current_model() == original
 
 
-def test_img2img_fails_with_a_clear_message(server: LiveServer) -> None:
+def test_img2img_inpainting_and_extras(server: LiveServer) -> None:
     api = _client(server)
-    image = api.txt2img(prompt="x", width=64, height=64, steps=2, seed=1).image
-    with pytest.raises(RuntimeError, match="img2img is not available yet"):
-        api.img2img(images=[image], prompt="y", width=64, height=64, steps=2)
+    image = gradient()
+    result = api.img2img(images=[image], prompt="y", width=64, height=64, steps=3, seed=4, denoising_strength=0.6)
+    assert result.image.size == (64, 64) and result.info["seed"] == 4
+    assert "Denoising strength: 0.6" in result.info["infotexts"][0]
+    assert result.parameters["init_images"] is None  # include_init_images is false
+
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((16, 16, 47, 47), fill=255)
+    inpainted = api.img2img(images=[image], mask_image=mask, mask_blur=0, inpainting_fill=1, inpaint_full_res=False,
+                            prompt="y", width=64, height=64, steps=3, seed=4)
+    out, init = np.asarray(inpainted.image.convert("RGB")), np.asarray(image)
+    assert np.array_equal(out[:8], init[:8]) and not np.array_equal(out[24:40, 24:40], init[24:40, 24:40])
+
+    extras = api.extra_single_image(image=result.image, upscaler_1=TINY_UPSCALER[0], upscaling_resize=2)
+    assert extras.image.size == (128, 128)
+    assert extras.info == f"<p>Postprocess upscale by: 2.0, Postprocess upscaler: {TINY_UPSCALER[0]}</p>"
+    batch = api.extra_batch_images(images=[image, result.image], upscaler_1="Lanczos", upscaling_resize=1.5)
+    assert [im.size for im in batch.images] == [(96, 96), (96, 96)]
+    assert [u["name"] for u in api.get_upscalers()][-1] == TINY_UPSCALER[0]
+    assert [f["name"] for f in api.get_face_restorers()] == ["CodeFormer", "GFPGAN"]
 
 
 def test_with_api_auth(start_server: Callable[..., LiveServer]) -> None:

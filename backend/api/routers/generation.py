@@ -1,48 +1,54 @@
-"""POST /sdapi/v1/txt2img, and the A1111 generation routes we do not have yet."""
+"""POST /sdapi/v1/txt2img and /sdapi/v1/img2img: wait in the shared queue, answer A1111's response."""
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
 
-from backend.api.deps import Ctx
-from backend.api.errors import NotAvailable
-from backend.api.models import TextToImageResponse, Txt2ImgRequest, txt2img_processing, txt2img_response
-from backend.jobs.queue import Job
+from backend.api.deps import Ctx, outcome
+from backend.api.models import (
+    ImageToImageResponse,
+    Img2ImgRequest,
+    TextToImageResponse,
+    Txt2ImgRequest,
+    generation_response,
+    img2img_processing,
+    txt2img_processing,
+)
+from backend.context import AppContext
+from backend.models.registry import CheckpointRegistry
+from backend.processing import StableDiffusionProcessing
 
 router = APIRouter(tags=["generation"])
 
-_POLL_S = 0.02
-
-_NOT_YET = {404: {"description": "Not available yet in this version"}}
+Prepare = Callable[[BaseModel, Mapping[str, Any], CheckpointRegistry], tuple[BaseModel, StableDiffusionProcessing]]
 
 
 @router.post("/txt2img", response_model=TextToImageResponse)
 async def txt2img(req: Txt2ImgRequest, ctx: Ctx) -> TextToImageResponse:  # type: ignore[valid-type]
-    """Generate images from a prompt; waits in the shared FIFO queue, then answers A1111's response."""
-    req, p = txt2img_processing(req, ctx.options, ctx.registry)
+    """Generate images from a prompt (with the hires fix when enable_hr); A1111's response."""
+    return await _generate(ctx, req, txt2img_processing)
+
+
+@router.post("/img2img", response_model=ImageToImageResponse)
+async def img2img(req: Img2ImgRequest, ctx: Ctx) -> TextToImageResponse:  # type: ignore[valid-type]
+    """Generate from init images (inpainting with `mask`); A1111's response.
+
+    init_images and mask are base64 (raw or data: URIs); they are echoed in `parameters` only
+    with include_init_images.
+    """
+    return await _generate(ctx, req, img2img_processing)
+
+
+async def _generate(ctx: AppContext, req: BaseModel, prepare: Prepare) -> TextToImageResponse:
+    # Decoding images and validating run off the event loop: large init images take a while.
+    req, p = await run_in_threadpool(prepare, req, ctx.options, ctx.registry)
     job = ctx.submit(p)
     try:
         processed = await outcome(job)
     finally:
         job.release_result()  # the response holds the images now; the job history keeps only the record
-    return await run_in_threadpool(txt2img_response, req, processed, ctx.options)
-
-
-async def outcome(job: Job) -> Any:
-    """Wait for `job` and return its result or raise its error.
-
-    Waiting polls instead of blocking a worker thread, so any number of queued requests never
-    starve /progress and /interrupt of threads.
-    """
-    while not job.done:
-        await asyncio.sleep(_POLL_S)
-    return job.wait(0)
-
-
-@router.post("/img2img", responses=_NOT_YET)
-def img2img() -> None:
-    """A1111's img2img: not available yet (404 with a message, never a fake result)."""
-    raise NotAvailable("POST /sdapi/v1/img2img", "img2img")
+    return await run_in_threadpool(generation_response, req, processed, ctx.options)

@@ -1,7 +1,8 @@
 """The asynchronous job API (beyond A1111): submit, poll, fetch the result, cancel.
 
-POST /sdapi/v1/jobs/txt2img takes the txt2img body and answers 202 with the job id at
-once; the job waits in the same FIFO queue as /txt2img and the UI.
+POST /sdapi/v1/jobs/txt2img and /sdapi/v1/jobs/img2img take the /txt2img and /img2img bodies
+and answer 202 with the job id at once; the job waits in the same FIFO queue as /txt2img,
+/img2img, the Extras and the UI.
 """
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from fastapi import APIRouter
 
 from backend.api.deps import Ctx
 from backend.api.errors import JobConflict
-from backend.api.models import JobInfo, TextToImageResponse, Txt2ImgRequest, txt2img_processing, txt2img_response
+from backend.api.models import (
+    Img2ImgRequest,
+    JobInfo,
+    TextToImageResponse,
+    Txt2ImgRequest,
+    generation_response,
+    img2img_processing,
+    txt2img_processing,
+)
 from backend.jobs.queue import JobStatus
 from backend.processing import Processed
 
@@ -22,6 +31,13 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 def submit_txt2img(req: Txt2ImgRequest, ctx: Ctx) -> dict[str, Any]:  # type: ignore[valid-type]
     """Queue a txt2img request (same body as /txt2img); bad input is refused here, before queueing."""
     req, p = txt2img_processing(req, ctx.options, ctx.registry)
+    return ctx.submit(p, request=req).to_dict()
+
+
+@router.post("/img2img", status_code=202, response_model=JobInfo)
+def submit_img2img(req: Img2ImgRequest, ctx: Ctx) -> dict[str, Any]:  # type: ignore[valid-type]
+    """Queue an img2img request (same body as /img2img); bad input, bad images included, is refused here."""
+    req, p = img2img_processing(req, ctx.options, ctx.registry)
     return ctx.submit(p, request=req).to_dict()
 
 
@@ -40,7 +56,7 @@ def get_job(job_id: str, ctx: Ctx) -> dict[str, Any]:
 @router.get("/{job_id}/result", response_model=TextToImageResponse,
             responses={409: {"description": "The job has no result (yet)"}})
 def job_result(job_id: str, ctx: Ctx) -> TextToImageResponse:
-    """A finished job's result, as /txt2img answers it (again on every call, until DELETE releases it).
+    """A finished job's result, as /txt2img or /img2img answers it (again on every call, until DELETE releases it).
 
     409 while queued or running, or when there is no result (cancelled before it ran, released,
     or not a job of this API); a failed job answers the error /txt2img would have given.
@@ -52,7 +68,8 @@ def job_result(job_id: str, ctx: Ctx) -> TextToImageResponse:
         raise JobConflict(f"job {job_id} is {job.status.value}; poll GET /sdapi/v1/jobs/{job_id} until it is done")
     if job.request is None or not isinstance(job.result, Processed):
         raise JobConflict(f"job {job_id} ({job.kind}, {job.status.value}) has no result to fetch")
-    return txt2img_response(job.request, job.result, ctx.options)
+    return generation_response(job.request, job.result, ctx.options)
+
 
 @router.delete("/{job_id}", response_model=JobInfo)
 def cancel_job(job_id: str, ctx: Ctx) -> dict[str, Any]:

@@ -1,7 +1,7 @@
-"""What can be chosen: checkpoints, VAEs, samplers, schedulers, upscalers and the other model lists.
+"""What can be chosen: checkpoints, VAEs, samplers, schedulers, upscalers, face restorers and the other lists.
 
-Lists of things this version does not have yet (VAE files, hypernetworks, LoRA, embeddings,
-face restorers, model upscalers) are empty, in A1111's shapes, so clients can read them.
+Lists of things this version does not have yet (VAE files, hypernetworks, LoRA, embeddings)
+are empty, in A1111's shapes, so clients can read them.
 """
 from __future__ import annotations
 
@@ -23,16 +23,13 @@ from backend.api.models import (
     UpscalerItem,
 )
 from backend.api.routers.options import switch_model
+from backend.postprocess.upscalers import LATENT_UPSCALE_MODES
 from backend.sampling.registry import SAMPLERS, SCHEDULERS
 
 router = APIRouter(tags=["models"])
 
-# A1111's non-model upscalers, listed first; A1111's default scale for an upscaler entry is 4.
-BUILTIN_UPSCALERS = ("None", "Lanczos", "Nearest")
-
-# A1111's latent upscale modes for the hires fix (shared.latent_upscale_modes), in its order.
-LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
-                        "Latent (nearest)", "Latent (nearest-exact)")
+# The folder whose upscalers /realesrgan-models lists (A1111: the RealESRGAN family).
+REALESRGAN_FOLDER = "RealESRGAN"
 
 
 @router.get("/sd-models", response_model=list[SDModelItem])
@@ -90,16 +87,21 @@ def get_schedulers() -> list[SchedulerItem]:
 
 
 @router.get("/upscalers", response_model=list[UpscalerItem])
-def get_upscalers() -> list[UpscalerItem]:
-    """A1111's built-in upscalers; model upscalers (ESRGAN, ...) come with the Extras feature."""
-    return [UpscalerItem(name=name, model_name=None, model_path=None, model_url=None, scale=4)
-            for name in BUILTIN_UPSCALERS]
+def get_upscalers(ctx: Ctx) -> list[UpscalerItem]:
+    """None, Lanczos, Nearest, then the model files found in models/ESRGAN, RealESRGAN, SwinIR, DAT, HAT, ScuNET.
+
+    model_name is the family (the models/ folder), model_path the file, model_url always null (we
+    never download) and scale the model's factor (A1111's default 4 for the built-in ones).
+    """
+    return [UpscalerItem(name=info.name, model_name=info.folder or None,
+                         model_path=str(info.path) if info.path else None, model_url=None, scale=info.scale)
+            for info in ctx.upscalers.list()]
 
 
 @router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])
 def latent_upscale_modes() -> list[LatentUpscalerModeItem]:
-    """The latent upscale modes of A1111's hires fix."""
-    return [LatentUpscalerModeItem(name=name) for name in LATENT_UPSCALE_MODES]
+    """The latent upscale modes of the hires fix (hr_upscaler), in A1111's order."""
+    return [LatentUpscalerModeItem(name=mode.name) for mode in LATENT_UPSCALE_MODES]
 
 
 @router.get("/hypernetworks", response_model=list[HypernetworkItem])
@@ -109,15 +111,16 @@ def hypernetworks() -> list[HypernetworkItem]:
 
 
 @router.get("/face-restorers", response_model=list[FaceRestorerItem])
-def face_restorers() -> list[FaceRestorerItem]:
-    """Face restorers (CodeFormer, GFPGAN): none yet."""
-    return []
+def face_restorers(ctx: Ctx) -> list[FaceRestorerItem]:
+    """CodeFormer and GFPGAN (A1111 lists both whether or not their weights are on disk); cmd_dir is their folder."""
+    return [FaceRestorerItem(name=info.name, cmd_dir=str(info.folder)) for info in ctx.face_restorers.list()]
 
 
 @router.get("/realesrgan-models", response_model=list[RealesrganItem])
-def realesrgan_models() -> list[RealesrganItem]:
-    """RealESRGAN models: none yet."""
-    return []
+def realesrgan_models(ctx: Ctx) -> list[RealesrganItem]:
+    """The upscalers of models/RealESRGAN (A1111 lists its download URLs; we list the files on disk)."""
+    return [RealesrganItem(name=info.name, path=str(info.path), scale=info.scale)
+            for info in ctx.upscalers.list() if info.folder == REALESRGAN_FOLDER]
 
 
 @router.get("/prompt-styles", response_model=list[PromptStyleItem])
