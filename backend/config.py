@@ -329,6 +329,16 @@ OPTION_DEFAULTS: Mapping[str, OptionInfo] = {
     "show_progress_every_n_steps": _o(10, "Live preview display period", "ui"),
     "live_previews_enable": _o(True, "Show live previews of the created image", "ui"),
     "show_progress_type": _o("Approx NN", "Live preview method", "ui"),
+    # Lora (extensions-builtin/Lora/scripts/lora_script.py)
+    "sd_lora": _o("None", "Add network to prompt", "extra_networks"),
+    "lora_preferred_name": _o("Alias from file", "When adding to prompt, refer to Lora by", "extra_networks"),
+    "lora_add_hashes_to_infotext": _o(True, "Add Lora hashes to infotext", "extra_networks"),
+    "lora_show_all": _o(False, "Always show all networks on the Lora page", "extra_networks"),
+    "lora_hide_unknown_for_versions": _o([], "Hide networks of unknown versions for model versions", "extra_networks"),
+    "lora_in_memory_limit": _o(0, "Number of Lora networks to keep cached in memory", "extra_networks"),
+    "lora_not_found_warning_console": _o(False, "Lora not found warning in console", "extra_networks"),
+    "lora_not_found_gradio_warning": _o(False, "Lora not found warning popup in webui", "extra_networks"),
+    "extra_networks_default_multiplier": _o(1.0, "Default multiplier for extra networks", "extra_networks"),
 }
 
 

@@ -18,6 +18,7 @@ from backend.models import builtin
 from backend.models.hashes import HashCache
 from backend.models.manager import ModelManager
 from backend.models.registry import CheckpointRegistry
+from backend.networks import NetworkManager, NetworkRegistry
 from backend.postprocess.face_restore import FaceRestorerRegistry
 from backend.postprocess.preview import approximate_rgb
 from backend.postprocess.upscalers import UpscalerRegistry
@@ -97,6 +98,7 @@ class AppContext:
     preview: LivePreview
     upscalers: UpscalerRegistry
     face_restorers: FaceRestorerRegistry
+    networks: NetworkManager
 
     @classmethod
     def build(cls, settings: Settings, devices: DevicePolicy | None = None) -> "AppContext":
@@ -113,7 +115,14 @@ class AppContext:
             hash_cache=cache, hashing_enabled=not settings.no_hashing,
         )
         registry.refresh()
-        models = ModelManager(registry, devices, settings.cache_dir, limit=int(options["sd_checkpoints_limit"]))
+        lora_dirs = [settings.models_dir / "Lora", settings.models_dir / "LyCORIS"]
+        for flag in ("lora_dir", "lyco_dir_backcompat"):
+            if settings.extra.get(flag):
+                lora_dirs.append(Path(settings.extra[flag]).expanduser().resolve())
+        networks = NetworkManager(NetworkRegistry(lora_dirs, cache, no_hashing=settings.no_hashing),
+                                  memory_limit=int(options["lora_in_memory_limit"]))
+        models = ModelManager(registry, devices, settings.cache_dir, limit=int(options["sd_checkpoints_limit"]),
+                              on_unload=networks.forget_model)
         preview = LivePreview(options, models, devices)
         queue = JobQueue(history=JOB_HISTORY, state_factory=partial(LivePreviewState, options=options, make_preview=preview))
         extra_dirs = {folder: Path(path) for folder, path in (("ESRGAN", settings.extra.get("esrgan_models_path")),
@@ -121,7 +130,7 @@ class AppContext:
                       if path}
         upscalers = UpscalerRegistry(settings.models_dir, extra_dirs)
         face_restorers = FaceRestorerRegistry(settings.models_dir)
-        return cls(settings, options, devices, registry, models, queue, preview, upscalers, face_restorers)
+        return cls(settings, options, devices, registry, models, queue, preview, upscalers, face_restorers, networks)
 
     def start(self) -> None:
         """Start the job worker (webui.py, the CLI and tests call this once everything is built)."""
@@ -151,7 +160,8 @@ class AppContext:
         return ProcessingContext(models=self.models, options=self.options, devices=self.devices,
                                  data_dir=self.settings.data_dir,
                                  state=self.queue.new_state() if state is None else state,
-                                 upscalers=self.upscalers, face_restorers=self.face_restorers)
+                                 upscalers=self.upscalers, face_restorers=self.face_restorers,
+                                 networks=self.networks)
 
     def submit(self, p: StableDiffusionProcessing, *, request: Any = None) -> Job:
         """Queue a generation and return its job at once (the asynchronous API)."""

@@ -9,6 +9,7 @@ import gc
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from backend.devices import DevicePolicy
@@ -22,8 +23,11 @@ log = logging.getLogger(__name__)
 class ModelManager:
     """Loads, switches and unloads checkpoints; thread-safe."""
 
-    def __init__(self, registry: CheckpointRegistry, devices: DevicePolicy, cache_dir: Path, limit: int = 1) -> None:
+    def __init__(self, registry: CheckpointRegistry, devices: DevicePolicy, cache_dir: Path, limit: int = 1,
+                 on_unload: Callable[[LoadedModel], None] | None = None) -> None:
         self.registry = registry
+        # Called before a model is dropped (the networks layer forgets its weight backups).
+        self.on_unload = on_unload
         self.devices = devices
         self.cache_dir = cache_dir
         self.limit = max(1, limit)
@@ -76,7 +80,9 @@ class ModelManager:
                 self._evict_oldest()
 
     def _evict_oldest(self) -> None:
-        _, (info, _) = self._loaded.popitem(last=False)
+        _, (info, model) = self._loaded.popitem(last=False)
         log.info("unloading checkpoint %s", info.title)
+        if self.on_unload is not None:
+            self.on_unload(model)
         gc.collect()
         self.devices.free_memory()

@@ -29,6 +29,7 @@ from backend.jobs.progress import JobState
 from backend.models.loader import LoadedModel
 from backend.models.manager import ModelManager
 from backend.models.registry import CheckpointInfo
+from backend.networks import NetworkManager, requests_from_prompt_params
 from backend.postprocess import images as image_io
 from backend.postprocess.infotext import format_infotext
 from backend.postprocess.face_restore import FaceRestorerRegistry
@@ -83,6 +84,7 @@ class ProcessingContext:
     write_params_txt: bool = True
     upscalers: UpscalerRegistry | None = None
     face_restorers: FaceRestorerRegistry | None = None
+    networks: NetworkManager | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -297,6 +299,27 @@ def sample_pass(p: StableDiffusionProcessing, ctx: ProcessingContext, run: Run, 
     with torch.inference_mode():
         return samplers.run_sampler(ps.sampler, denoiser, x, sigmas, noise=noise, callback=callback,
                                     schedule=schedule, params=params, txt2img_steps=txt2img_steps)
+
+
+def activate_networks(p: StableDiffusionProcessing, ctx: ProcessingContext, run: Run) -> None:
+    """Patch the batch's LoRA/LyCORIS networks into the model (restoring the previous set first).
+
+    Called for every batch, also without tags, so weights patched by an earlier job are put back.
+    A missing or unfitting network is noted in the result, never fatal (A1111).
+    """
+    if ctx.networks is None:
+        return
+    tags = {} if p.disable_extra_networks else p.extra_network_data
+    requests = requests_from_prompt_params(list(tags.get("lora", [])) + list(tags.get("lyco", [])))
+    ctx.networks.memory_limit = int(run.opts["lora_in_memory_limit"])
+    result = ctx.networks.activate(run.model, requests)
+    if result.not_found_comment:
+        p.comments["lora not found"] = result.not_found_comment
+    for error in result.errors:
+        p.comments[f"lora error {error}"] = error
+    hashes = result.lora_hashes()
+    if hashes and run.opts["lora_add_hashes_to_infotext"]:
+        p.extra_generation_params["Lora hashes"] = hashes
 
 
 def restore_faces(ctx: ProcessingContext, run: Run, image: Image.Image) -> Image.Image:

@@ -16,8 +16,10 @@ from PIL import Image
 
 from backend.errors import Interrupted, InvalidRequest
 from backend.postprocess import images as image_io
+from backend.networks import TAG_NAMES as NETWORK_TAGS
 from backend.processing.core import (
     ProcessingContext,
+    activate_networks,
     create_infotext,
     decode_latents,
     make_grid,
@@ -97,7 +99,9 @@ def _process(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapping
         stripped, p.extra_network_data = parser.parse_extra_networks_for_prompts(p.prompts)
         neg_stripped = [parser.parse_extra_networks(t)[0] for t in p.negative_prompts]
         for name in p.extra_network_data:
-            log.warning("extra network %r is not available; ignored", name)
+            if name not in NETWORK_TAGS:
+                log.warning("extra network %r is not available; ignored", name)
+        activate_networks(p, ctx, run)
         if ctx.scripts is not None:
             ctx.scripts.process_batch(p, n)
 

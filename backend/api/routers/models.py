@@ -141,11 +141,12 @@ def refresh_embeddings() -> None:
 
 
 @router.get("/loras", response_model=list[LoraItem])
-def loras() -> list[LoraItem]:
-    """LoRA networks: none yet."""
-    return []
+def loras(ctx: Ctx) -> list[LoraItem]:
+    """LoRA/LyCORIS networks found in models/Lora, models/LyCORIS and --lora-dir."""
+    return [LoraItem(**info.api_json()) for info in ctx.networks.registry.list()]
 
 
 @router.post("/refresh-loras")
-def refresh_loras() -> None:
-    """Nothing to rescan yet."""
+def refresh_loras(ctx: Ctx) -> None:
+    """Rescan the network folders."""
+    ctx.networks.registry.refresh()
