@@ -1,19 +1,25 @@
 """The Gradio UI, mounted on the FastAPI app that webui.py builds (which also serves the API with --api).
 
-Layout and event wiring only: every generation goes through AppContext.generate.
-This is the minimal txt2img page of the foundation; the full UI is its own issue.
+Tabs in A1111's order: txt2img, img2img, Extras, PNG Info, Settings, under a quicksettings
+bar with the checkpoint dropdown and the server's status. Layout and event wiring only:
+every generation is a processing object submitted to the shared job queue.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI
 
 from backend.context import AppContext
-from backend.errors import WebUIError
-from backend.processing import StableDiffusionProcessingTxt2Img
-from backend.sampling.registry import SAMPLERS, SCHEDULERS
+from ui import common, extras, img2img, paste, pnginfo, settings, txt2img
+from ui.generation import wire_paste
+from ui.progress import outcome, status_html, watch
+from ui.theme import CSS, theme
+
+STATUS_INTERVAL = 1.0
 
 
 def mount_ui(app: FastAPI, ctx: AppContext) -> FastAPI:
@@ -21,9 +27,9 @@ def mount_ui(app: FastAPI, ctx: AppContext) -> FastAPI:
 
     Mount it last: the UI takes every path that no route added before it matches.
     """
-    blocks = build_txt2img_ui(ctx)
-    auth = _gradio_auth(ctx)
-    return gr.mount_gradio_app(app, blocks, path="", auth=auth)
+    blocks = build_ui(ctx)
+    return gr.mount_gradio_app(app, blocks, path="", auth=_gradio_auth(ctx), theme=theme(), css=CSS,
+                               show_error=True)
 
 
 def _gradio_auth(ctx: AppContext) -> list[tuple[str, str]] | None:
@@ -38,42 +44,155 @@ def _gradio_auth(ctx: AppContext) -> list[tuple[str, str]] | None:
     return pairs or None  # type: ignore[return-value]
 
 
-def build_txt2img_ui(ctx: AppContext) -> gr.Blocks:
-    with gr.Blocks(title="Stable Diffusion") as blocks:
-        with gr.Row():
-            with gr.Column(scale=3):
-                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt")
-                negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
-            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
-        with gr.Row():
-            with gr.Column():
-                sampler = gr.Dropdown([s.name for s in SAMPLERS], value=SAMPLERS[0].name, label="Sampling method",
-                                      elem_id="txt2img_sampling")
-                scheduler = gr.Dropdown([s.label for s in SCHEDULERS], value=SCHEDULERS[0].label, label="Schedule type",
-                                        elem_id="txt2img_scheduler")
-                steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
-                width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
-                height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
-                batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
-                batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
-                cfg = gr.Slider(1, 30, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
-                seed = gr.Number(value=-1, label="Seed", precision=0, elem_id="txt2img_seed")
-            with gr.Column():
-                gallery = gr.Gallery(label="Output", elem_id="txt2img_gallery", columns=4)
-                info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id="txt2img_info")
+@dataclass
+class Quicksettings:
+    checkpoint: gr.Dropdown
+    refresh: gr.Button
+    status: gr.HTML
 
-        def run(*values: Any) -> tuple[list, str]:
-            p_, n_, sampler_, scheduler_, steps_, w_, h_, count_, size_, cfg_, seed_ = values
-            p = StableDiffusionProcessingTxt2Img(
-                prompt=p_, negative_prompt=n_, sampler_name=sampler_, scheduler=scheduler_, steps=int(steps_),
-                width=int(w_), height=int(h_), n_iter=int(count_), batch_size=int(size_), cfg_scale=float(cfg_),
-                seed=int(seed_))
-            try:
-                processed = ctx.generate(p)
-            except WebUIError as e:
-                raise gr.Error(str(e)) from e
-            return processed.images, processed.infotexts[processed.index_of_first_image] if processed.infotexts else ""
 
-        generate.click(run, inputs=[prompt, negative, sampler, scheduler, steps, width, height, batch_count,
-                                    batch_size, cfg, seed], outputs=[gallery, info])
+def _build_quicksettings(ctx: AppContext) -> Quicksettings:
+    with gr.Row(elem_id="quicksettings", equal_height=True):
+        checkpoint = gr.Dropdown(ctx.registry.titles(), value=ctx.options["sd_model_checkpoint"],
+                                 label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint",
+                                 scale=0, min_width=380)
+        refresh = gr.Button(common.REFRESH_ICON, elem_id="refresh_sd_model_checkpoint", elem_classes="tool",
+                            size="sm", scale=0, min_width=40)
+        status = gr.HTML(status_html(ctx), elem_id="server_status", js_on_load=None)
+    return Quicksettings(checkpoint, refresh, status)
+
+
+def checkpoint_choices(ctx: AppContext) -> Any:
+    """The checkpoint dropdown as it should read now (titles gain their hash once a model is hashed)."""
+    return gr.update(choices=ctx.registry.titles(), value=ctx.options["sd_model_checkpoint"], interactive=True)
+
+
+def _wire_quicksettings(ctx: AppContext, quick: Quicksettings) -> None:
+    def switch(title: str) -> Iterator[Any]:
+        """Load the chosen checkpoint in the job queue (after the running job), then keep it as the option."""
+        with common.shown_as_gr_error():
+            info = ctx.registry.get(title)
+        job = ctx.queue.submit("load-model", lambda state: ctx.models.get(info.title))
+        yield gr.update(interactive=False)
+        for _ in watch(job):
+            yield gr.skip()
+        outcome(job)
+        ctx.options.set("sd_model_checkpoint", info.title)
+        ctx.options.save()
+        yield checkpoint_choices(ctx)
+
+    def restore() -> Any:
+        return checkpoint_choices(ctx)
+
+    def refresh() -> Any:
+        ctx.registry.refresh()
+        return checkpoint_choices(ctx)
+
+    # .input fires for the user's choice only, not when a page load fills the dropdown in.
+    quick.checkpoint.input(switch, quick.checkpoint, quick.checkpoint, show_progress="hidden",
+                           concurrency_limit=None).then(restore, None, quick.checkpoint, show_progress="hidden")
+    quick.refresh.click(refresh, None, quick.checkpoint, show_progress="hidden")
+    timer = gr.Timer(STATUS_INTERVAL)
+    timer.tick(lambda: status_html(ctx), None, quick.status, show_progress="hidden", queue=False)
+
+
+def build_ui(ctx: AppContext) -> gr.Blocks:
+    """Every tab and the events between them."""
+    counter = common.TokenCounter(ctx)
+    with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as blocks:
+        quick = _build_quicksettings(ctx)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                t2i = txt2img.build(ctx, counter)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                i2i = img2img.build(ctx, counter)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                ex = extras.build(ctx)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                png = pnginfo.build()
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                st = settings.build(ctx)
+        _wire_quicksettings(ctx, quick)
+        wire_paste(ctx, t2i)
+        wire_paste(ctx, i2i)
+        _wire_send_buttons(ctx, tabs, t2i, i2i, ex, png)
+
+        def on_load() -> list[Any]:
+            # Values that may have changed since the page was built (by the API, another page, a restart).
+            return [*settings.current_values(ctx, st), checkpoint_choices(ctx)]
+
+        # Marks the page as ready once the values above are in, for scripts and browser tests.
+        blocks.load(on_load, None, [*st.components, quick.checkpoint], show_progress="hidden").then(
+            None, None, None, js="() => { document.body.dataset.uiLoaded = 'true'; }")
     return blocks
+
+
+# ---------------------------------------------------------------------------
+# "Send to": an image and its parameters from one tab to another
+# ---------------------------------------------------------------------------
+
+def _wire_send_buttons(ctx: AppContext, tabs: gr.Tabs, t2i: txt2img.Txt2ImgTab, i2i: img2img.Img2ImgTab,
+                       ex: extras.ExtrasTab, png: pnginfo.PngInfoTab) -> None:
+    assert i2i.inputs is not None and i2i.inpaint is not None
+    inputs = i2i.inputs
+    i2i_fields = i2i.paste_fields()
+    t2i_fields = t2i.paste_fields()
+    skip = ctx.options
+
+    def params_of(text: str) -> dict[str, object]:
+        return paste.parse(text, skip["infotext_skip_pasting"] or ()) if text else {}
+
+    def to_img2img(image: Any, text: str, sub_tab: str) -> list[Any]:
+        if image is None:
+            raise gr.Error("No image to send")
+        params = params_of(text)
+        target = inputs.sketch if sub_tab == "inpaint" else inputs.image
+        return [image if c is target else gr.skip() for c in (inputs.image, inputs.sketch)] + [
+            gr.Tabs(selected="img2img"), gr.Tabs(selected=sub_tab), *img2img.select_mode(sub_tab),
+            *(paste.values_for(params, i2i_fields) if params else [gr.skip()] * len(i2i_fields))]
+
+    img2img_outputs = [inputs.image, inputs.sketch, tabs, inputs.tabs, inputs.mode, i2i.inpaint.group,
+                       *(f.component for f in i2i_fields)]
+
+    def to_extras(image: Any) -> list[Any]:
+        if image is None:
+            raise gr.Error("No image to send")
+        return [image, gr.Tabs(selected="extras"), gr.Tabs(selected="single_image"), extras.MODES[0]]
+
+    extras_outputs = [ex.image, tabs, ex.tabs, ex.mode]
+
+    # From a results gallery: the picture the user clicked and its infotext.
+    for tab in (t2i, i2i):
+        r = tab.results
+        source = [r.gallery, r.selected, r.generation_info]
+        assert r.send_to_img2img is not None and r.send_to_inpaint is not None
+        for button, sub_tab in ((r.send_to_img2img, "img2img"), (r.send_to_inpaint, "inpaint")):
+            button.click(_from_gallery(lambda image, text, s=sub_tab: to_img2img(image, text, s)), source,
+                         img2img_outputs, show_progress="hidden")
+        r.send_to_extras.click(_from_gallery(lambda image, text: to_extras(image)), source, extras_outputs,
+                               show_progress="hidden")
+
+    # From PNG Info: the dropped image and the parameters read from it.
+    def to_txt2img(text: str) -> list[Any]:
+        params = params_of(text)
+        if not params:
+            raise gr.Error("No generation parameters in this image")
+        return [gr.Tabs(selected="txt2img"), *paste.values_for(params, t2i_fields)]
+
+    png.send_to_txt2img.click(to_txt2img, png.parameters, [tabs, *(f.component for f in t2i_fields)],
+                              show_progress="hidden")
+    png.send_to_img2img.click(lambda image, text: to_img2img(image, text, "img2img"), [png.image, png.parameters],
+                              img2img_outputs, show_progress="hidden")
+    png.send_to_inpaint.click(lambda image, text: to_img2img(image, text, "inpaint"), [png.image, png.parameters],
+                              img2img_outputs, show_progress="hidden")
+    png.send_to_extras.click(to_extras, png.image, extras_outputs, show_progress="hidden")
+
+
+def _from_gallery(send: Any) -> Any:
+    """Adapt a (image, infotext) sender to the gallery's inputs (gallery, selected index, generation info)."""
+    def from_gallery(gallery: list | None, index: int, info: dict) -> Any:
+        image = common.gallery_image(gallery, index)
+        return send(image, common.selected_infotext(info, index))
+
+    return from_gallery
+
