@@ -7,9 +7,7 @@ never written into the shared options.
 """
 from __future__ import annotations
 
-import json
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -256,13 +254,7 @@ def sample_pass(p: StableDiffusionProcessing, ctx: ProcessingContext, run: Run, 
         cond = cond_batch_at(uc, step)
         return cond.crossattn, cond.pooled
 
-    after_cfg = None
-    if ps.mask is not None:
-        init_latent, mask, nmask = ps.init_latent, ps.mask, ps.nmask
-
-        def after_cfg(info: StepInfo) -> Tensor:
-            # Latent-mask blending at every step, after denoising (A1111's default for k-diffusion).
-            return init_latent * mask + nmask * info.denoised
+    after_cfg = None if ps.mask is None else _mask_blend(ps.init_latent, ps.mask, ps.nmask)
 
     step_multiplier = 2 if ps.sampler.options.second_order else 1
     s_min_uncond = p.s_min_uncond if p.s_min_uncond is not None else float(opts["s_min_uncond"])
@@ -337,6 +329,13 @@ def upscale_image(ctx: ProcessingContext, run: Run, image: Image.Image, width: i
     if ctx.upscalers is None:
         return image.resize((width, height), resample=Image.Resampling.LANCZOS)
     return resize_to(image, width, height, name, ctx.upscalers, run.opts, ctx.devices.device)
+
+
+def _mask_blend(init_latent: Tensor | None, mask: Tensor, nmask: Tensor | None) -> Callable[[StepInfo], Tensor]:
+    """Latent-mask blending at every step, after denoising (A1111's default for k-diffusion)."""
+    def blend(info: StepInfo) -> Tensor:
+        return init_latent * mask + nmask * info.denoised
+    return blend
 
 
 def image_rng(p: StableDiffusionProcessing, run: Run, ctx: ProcessingContext, width: int, height: int,
@@ -521,12 +520,3 @@ def write_text(path: Path, text: str) -> None:
         path.write_text(text, encoding="utf8")
     except OSError as e:  # params.txt is a convenience; never fail a job for it
         log.warning("could not write %s: %s", path, e)
-
-
-def fixed_seed(seed: int | str | None) -> int:
-    """Public alias of the A1111 seed rule for callers outside processing."""
-    return rng_mod.get_fixed_seed(seed)
-
-
-def random_seed() -> int:
-    return random.randrange(4294967294)

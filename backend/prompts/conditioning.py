@@ -109,12 +109,6 @@ class TextConditioner:
             cond = Cond(torch.zeros_like(cond.crossattn), None if cond.pooled is None else torch.zeros_like(cond.pooled))
         return cond
 
-    def token_count(self, text: str, settings: EncodeSettings) -> int:
-        """Tokens the prompt uses, as the UI counter shows them (before rounding to chunks)."""
-        spec = self.encoders[0]
-        _, count = self._chunks(spec, text, settings)
-        return count
-
     # -- internals ---------------------------------------------------------
 
     def _chunks(self, spec: EncoderSpec, text: str, settings: EncodeSettings) -> tuple[list[PromptChunk], int]:
