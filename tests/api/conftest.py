@@ -8,8 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import shutil
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -22,12 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-import webui
-from backend.config import Settings
 from backend.context import AppContext
-from backend.devices import DevicePolicy
 from backend.models import builtin
 from tests.backend.postprocess.tiny_weights import compact_state_dict, save_weights
+from tests.live_server import running_server
 
 OTHER_MODEL = "other-model.safetensors"
 # The tiny model upscalers in the servers' models folder: (name, file under models/, scale).
@@ -54,33 +50,11 @@ class LiveServer:
         return httpx.Client(base_url=f"{self.url}/sdapi/v1", timeout=120, **kw)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serve(args: list[str], data_dir: Path, models_dir: Path) -> Iterator[LiveServer]:
     """Start webui's app with these flags in a thread; stop it (and its job queue) on exit."""
-    port = free_port()
-    settings = Settings.from_args(["--data-dir", str(data_dir), "--models-dir", str(models_dir),
-                                   "--port", str(port), *args], env={})
-    ctx = webui.prepare(settings, DevicePolicy.cpu())
-    app = webui.build_app(ctx)
-    server = webui.make_server(app, settings)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("test server did not start")
-        time.sleep(0.05)
-    try:
-        yield LiveServer(f"http://127.0.0.1:{port}", ctx, app)
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with running_server(args, data_dir, models_dir) as (url, ctx, app):
+        yield LiveServer(url, ctx, app)
 
 
 @pytest.fixture(scope="session")

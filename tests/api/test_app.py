@@ -13,7 +13,8 @@ import pytest
 
 import webui
 from backend.config import Settings
-from tests.api.conftest import TINY, LiveServer, free_port, wait_until
+from tests.api.conftest import TINY, LiveServer, wait_until
+from tests.live_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

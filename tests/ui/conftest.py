@@ -3,9 +3,6 @@ CPU, a data dir in tmp) and Debian's Chromium driven by Playwright."""
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.live_server import running_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -29,36 +28,11 @@ class UIServer:
     data_dir: Path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serve_ui(data_dir: Path, models_dir: Path, *args: str) -> Iterator[UIServer]:
     """Start webui's app (UI mounted) on a free port in a thread; stop it and its job queue on exit."""
-    import webui
-    from backend.config import Settings
-    from backend.devices import DevicePolicy
-
-    port = free_port()
-    settings = Settings.from_args(["--data-dir", str(data_dir), "--models-dir", str(models_dir), "--port", str(port),
-                                   *args], env={})
-    ctx = webui.prepare(settings, DevicePolicy.cpu())
-    server = webui.make_server(webui.build_app(ctx), settings)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-ui-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("UI test server did not start")
-        time.sleep(0.05)
-    try:
-        yield UIServer(f"http://127.0.0.1:{port}", ctx, data_dir)
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with running_server(list(args), data_dir, models_dir) as (url, ctx, _):
+        yield UIServer(url, ctx, data_dir)
 
 
 @pytest.fixture(scope="session")
