@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import uvicorn
@@ -37,11 +38,16 @@ def build_app(ctx: AppContext) -> FastAPI:
 
     settings = ctx.settings
     app = create_app(ctx, serve_api=settings.api or settings.nowebui)
-    if not settings.nowebui:
-        # Imported here so an API-only server never loads Gradio.
-        from ui.app import mount_ui
+    if settings.nowebui:
+        ctx.scripts.callbacks.fire("app_started", None, app)
+        return app
+    # Imported here so an API-only server never builds the UI.
+    from ui.app import build_ui, mount_ui
 
-        mount_ui(app, ctx)
+    blocks = build_ui(ctx)
+    # Extensions add their routes now, before the UI takes every path no earlier route matches.
+    ctx.scripts.callbacks.fire("app_started", blocks, app)
+    mount_ui(app, ctx, blocks)
     return app
 
 
@@ -63,8 +69,17 @@ def make_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
         ssl_keyfile=settings.extra.get("tls_keyfile"), ssl_certfile=settings.extra.get("tls_certfile"),
     )
     server = uvicorn.Server(config)
-    app.state.server_control.server = server
+    control = app.state.server_control
+    control.server = server
+    app.state.ctx.request_restart = control.restart
     return server
+
+
+def _user_extensions_dir(args: Any) -> Path:
+    """<data dir>/extensions from the partly parsed flags (extensions' preload.py runs before parsing ends)."""
+    from backend.config import PROJECT_ROOT
+
+    return (Path(args.data_dir).expanduser().resolve() if args.data_dir else PROJECT_ROOT) / "extensions"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,24 +90,34 @@ def main(argv: list[str] | None = None) -> int:
 
     from backend.config import Settings
     from backend.errors import WebUIError
+    from backend.scripts import preload_extensions
 
     try:
-        settings = Settings.from_args(sys.argv[1:] if argv is None else argv)
-        ctx = prepare(settings)
-        app = build_app(ctx)
+        settings = Settings.from_args(sys.argv[1:] if argv is None else argv,
+                                      preload=preload_extensions(_user_extensions_dir))
     except WebUIError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if settings.listen and not settings.gradio_auth and not settings.gradio_auth_path and not settings.api_auth:
         logging.warning("--listen without --gradio-auth or --api-auth: anyone who can reach this machine "
                         "can use the server%s", " and its API" if settings.api or settings.nowebui else "")
-    server = make_server(app, settings)
-    scheme = "https" if settings.extra.get("tls_keyfile") else "http"
-    what = "API" if settings.nowebui else ("UI and API" if settings.api else "UI")
-    print(f"Running on {scheme}://{settings.bind_host}:{settings.bind_port}/ ({what})",
-          flush=True)
-    server.run()
-    return 0
+    # A restart (Extensions tab "Apply and restart", /server-restart) rebuilds everything in this
+    # process: extensions, options, models, UI; the flags stay.
+    while True:
+        try:
+            ctx = prepare(settings)
+            app = build_app(ctx)
+        except WebUIError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        server = make_server(app, settings)
+        scheme = "https" if settings.extra.get("tls_keyfile") else "http"
+        what = "API" if settings.nowebui else ("UI and API" if settings.api else "UI")
+        print(f"Running on {scheme}://{settings.bind_host}:{settings.bind_port}/ ({what})", flush=True)
+        server.run()
+        if not app.state.server_control.restart_requested:
+            return 0
+        print("Restarting...", flush=True)
 
 
 if __name__ == "__main__":

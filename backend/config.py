@@ -12,7 +12,7 @@ import os
 import shlex
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +158,19 @@ class Settings:
         return self.data_dir / "outputs"
 
     @property
+    def extensions_dir(self) -> Path:
+        """User extensions (A1111: <data dir>/extensions); built-in ones ship in extensions/builtin."""
+        return self.data_dir / "extensions"
+
+    def disable_extensions(self, option: str) -> str:
+        """"none", "extra" or "all": the --disable-*-extensions flags win over the saved option."""
+        if self.extra.get("disable_all_extensions"):
+            return "all"
+        if self.extra.get("disable_extra_extensions"):
+            return "extra"
+        return option
+
+    @property
     def checkpoint_dir(self) -> Path:
         return self.models_dir / "Stable-diffusion"
 
@@ -174,11 +187,18 @@ class Settings:
         return 7861 if self.nowebui else 7860
 
     @classmethod
-    def from_args(cls, argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> "Settings":
-        """Parse flags; `COMMANDLINE_ARGS` (shlex-split) is appended, as A1111 does."""
+    def from_args(cls, argv: list[str] | None = None, env: Mapping[str, str] | None = None, *,
+                  preload: Callable[[argparse.ArgumentParser, list[str]], None] | None = None) -> "Settings":
+        """Parse flags; `COMMANDLINE_ARGS` (shlex-split) is appended, as A1111 does.
+
+        `preload(parser, args)` may add flags first (extensions' preload.py files).
+        """
         env = os.environ if env is None else env
         args_list = list(argv or []) + shlex.split(env.get("COMMANDLINE_ARGS", ""))
-        ns = build_arg_parser().parse_args(args_list)
+        parser = build_arg_parser()
+        if preload is not None:
+            preload(parser, args_list)
+        ns = parser.parse_args(args_list)
         if ns.disable_safe_unpickle:
             raise InvalidRequest("--disable-safe-unpickle", "not supported: .ckpt files always load with weights_only=True")
         if ns.share:
@@ -242,6 +262,11 @@ OPTION_DEFAULTS: Mapping[str, OptionInfo] = {
     "jpeg_quality": _o(80, "Quality for saved jpeg and avif images", "saving-images"),
     "webp_lossless": _o(False, "Use lossless compression for webp images", "saving-images"),
     "return_grid": _o(True, "Show grid in gallery", "saving-images"),
+    "img_max_size_mp": _o(200, "Maximum grid size (in megapixels)", "saving-images"),
+    "font": _o("", "Font for image grids that have text", "saving-images"),
+    "grid_text_active_color": _o("#000000", "Text color for image grids", "saving-images"),
+    "grid_text_inactive_color": _o("#999999", "Inactive text color for image grids", "saving-images"),
+    "grid_background_color": _o("#ffffff", "Background color for image grids", "saving-images"),
     "outdir_samples": _o("", "Output directory for images; if empty, defaults to three directories below", "saving-paths"),
     "outdir_txt2img_samples": _o("outputs/txt2img-images", "Output directory for txt2img images", "saving-paths"),
     "outdir_img2img_samples": _o("outputs/img2img-images", "Output directory for img2img images", "saving-paths"),
@@ -297,6 +322,8 @@ OPTION_DEFAULTS: Mapping[str, OptionInfo] = {
     "img2img_color_correction": _o(False, "Apply color correction to img2img results to match original colors", "img2img"),
     "img2img_background_color": _o("#ffffff", "With img2img, fill transparent parts of the input image with this color", "img2img"),
     "inpainting_mask_weight": _o(1.0, "Inpainting conditioning mask strength", "img2img", "Conditional mask weight"),
+    "img2img_batch_show_results_limit": _o(32, "Show the first N batch img2img results in UI", "img2img"),
+    "img2img_batch_use_original_name": _o(False, "Save using original filename for img2img batch", "img2img"),
     "upscaler_for_img2img": _o(None, "Upscaler for img2img", "upscaling"),
     "sdxl_crop_top": _o(0, "crop top coordinate", "sdxl"),
     "sdxl_crop_left": _o(0, "crop left coordinate", "sdxl"),
@@ -308,6 +335,7 @@ OPTION_DEFAULTS: Mapping[str, OptionInfo] = {
     "add_user_name_to_info": _o(False, "Add user name to infotext when authenticated", "infotext"),
     "add_version_to_infotext": _o(True, "Add program version to infotext", "infotext"),
     "infotext_skip_pasting": _o([], "Disregard fields from pasted infotext", "infotext"),
+    "infotext_styles": _o("Apply if any", "Infer styles from prompts of pasted infotext", "infotext"),
     # face restoration / tiling (infotext keys; the features come with later issues)
     "face_restoration": _o(False, "Restore faces", "face-restoration", "Face restoration"),
     "face_restoration_model": _o("CodeFormer", "Face restoration model", "face-restoration"),
@@ -339,6 +367,10 @@ OPTION_DEFAULTS: Mapping[str, OptionInfo] = {
     "lora_not_found_warning_console": _o(False, "Lora not found warning in console", "extra_networks"),
     "lora_not_found_gradio_warning": _o(False, "Lora not found warning popup in webui", "extra_networks"),
     "extra_networks_default_multiplier": _o(1.0, "Default multiplier for extra networks", "extra_networks"),
+    # extensions (modules/shared_options.py); changes apply after a restart
+    "disabled_extensions": _o([], "Disable these extensions", "extensions"),
+    "disable_all_extensions": _o("none", "Disable all extensions (preserves the list of disabled extensions)",
+                                 "extensions"),
 }
 
 
@@ -351,6 +383,7 @@ class Options(Mapping[str, Any]):
 
     def __init__(self, path: Path | None = None) -> None:
         self._path = path
+        self._infos: dict[str, OptionInfo] = dict(OPTION_DEFAULTS)
         self._values: dict[str, Any] = {}
         self._lock = threading.Lock()
         if path is not None and path.exists():
@@ -362,20 +395,31 @@ class Options(Mapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         if key in self._values:
             return self._values[key]
-        if key in OPTION_DEFAULTS:
-            return OPTION_DEFAULTS[key].default
+        if key in self._infos:
+            return self._infos[key].default
         raise KeyError(key)
 
     def __iter__(self) -> Iterator[str]:
-        yield from OPTION_DEFAULTS
-        yield from (k for k in self._values if k not in OPTION_DEFAULTS)
+        yield from self._infos
+        yield from (k for k in self._values if k not in self._infos)
 
     def __len__(self) -> int:
-        return len(set(OPTION_DEFAULTS) | set(self._values))
+        return len(set(self._infos) | set(self._values))
+
+    def add_option(self, key: str, info: OptionInfo) -> None:
+        """Register a setting at run time (extensions, from on_ui_settings); a saved value is kept."""
+        self._infos[key] = info
+
+    def info(self, key: str) -> OptionInfo | None:
+        """The setting's description, built-in or added by an extension."""
+        return self._infos.get(key)
+
+    def infos(self) -> Mapping[str, OptionInfo]:
+        return dict(self._infos)
 
     def set(self, key: str, value: Any) -> None:
         """Change one setting (validated against the default's type) without saving."""
-        value = coerce_option(key, value)
+        value = coerce_option(key, value, self._infos.get(key))
         with self._lock:
             self._values[key] = value
 
@@ -401,13 +445,13 @@ class Options(Mapping[str, Any]):
             return dict(self.items())
         merged = dict(self.items())
         for key, value in overrides.items():
-            merged[key] = coerce_option(key, value)
+            merged[key] = coerce_option(key, value, self._infos.get(key))
         return merged
 
 
-def coerce_option(key: str, value: Any) -> Any:
+def coerce_option(key: str, value: Any, info: OptionInfo | None = None) -> Any:
     """Check a value against the type of the option's default; InvalidRequest names the key."""
-    info = OPTION_DEFAULTS.get(key)
+    info = info or OPTION_DEFAULTS.get(key)
     if info is None or info.default is None or value is None:
         return value
     default = info.default

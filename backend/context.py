@@ -12,9 +12,11 @@ from PIL import Image
 
 from backend.config import Options, Settings
 from backend.devices import DevicePolicy
+from backend.errors import ModelLoadError
 from backend.jobs.progress import JobState
 from backend.jobs.queue import Job, JobQueue
 from backend.models import builtin
+from backend.models.families import detect_family, native_resolution, safetensors_shapes
 from backend.models.hashes import HashCache
 from backend.models.manager import ModelManager
 from backend.models.registry import CheckpointRegistry
@@ -22,6 +24,7 @@ from backend.networks import NetworkManager, NetworkRegistry
 from backend.postprocess.face_restore import FaceRestorerRegistry
 from backend.postprocess.preview import approximate_rgb
 from backend.postprocess.upscalers import UpscalerRegistry
+from backend.prompts.styles import StyleDatabase, style_files
 from backend.processing import (
     Processed,
     ProcessingContext,
@@ -30,6 +33,7 @@ from backend.processing import (
     process_images,
     tensor_to_image,
 )
+from backend.scripts import ScriptSystem
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +103,21 @@ class AppContext:
     upscalers: UpscalerRegistry
     face_restorers: FaceRestorerRegistry
     networks: NetworkManager
+    scripts: ScriptSystem
+    # Set by the server (webui.make_server): stop and rebuild everything in this process.
+    request_restart: Callable[[], None] | None = field(default=None, repr=False)
+    styles: StyleDatabase = field(default_factory=StyleDatabase)
 
     @classmethod
     def build(cls, settings: Settings, devices: DevicePolicy | None = None) -> "AppContext":
-        """Create folders, the built-in model if missing, and every service. Loads no model, starts no thread."""
+        """Create folders, the built-in model if missing, and every service; load the extensions.
+        Loads no model, starts no thread."""
         settings.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         builtin.ensure_default_model(settings.models_dir)
         options = Options(settings.config_file)
+        scripts = ScriptSystem.load(settings.extensions_dir, disabled=list(options["disabled_extensions"]),
+                                    disable_all=settings.disable_extensions(options["disable_all_extensions"]),
+                                    options=options)
         devices = devices or DevicePolicy.from_settings(settings)
         # With --no-hashing nothing new is hashed, but hashes already cached still show (A1111).
         cache = HashCache(settings.cache_dir / "hashes.json")
@@ -122,7 +134,8 @@ class AppContext:
         networks = NetworkManager(NetworkRegistry(lora_dirs, cache, no_hashing=settings.no_hashing),
                                   memory_limit=int(options["lora_in_memory_limit"]))
         models = ModelManager(registry, devices, settings.cache_dir, limit=int(options["sd_checkpoints_limit"]),
-                              on_unload=networks.forget_model)
+                              on_unload=networks.forget_model,
+                              on_load=lambda model: scripts.callbacks.fire("model_loaded", model))
         preview = LivePreview(options, models, devices)
         queue = JobQueue(history=JOB_HISTORY, state_factory=partial(LivePreviewState, options=options, make_preview=preview))
         extra_dirs = {folder: Path(path) for folder, path in (("ESRGAN", settings.extra.get("esrgan_models_path")),
@@ -130,7 +143,9 @@ class AppContext:
                       if path}
         upscalers = UpscalerRegistry(settings.models_dir, extra_dirs)
         face_restorers = FaceRestorerRegistry(settings.models_dir)
-        return cls(settings, options, devices, registry, models, queue, preview, upscalers, face_restorers, networks)
+        styles = StyleDatabase(style_files(settings.extra.get("styles_file"), settings.data_dir))
+        return cls(settings, options, devices, registry, models, queue, preview, upscalers, face_restorers, networks,
+                   scripts, styles=styles)
 
     def start(self) -> None:
         """Start the job worker (webui.py, the CLI and tests call this once everything is built)."""
@@ -139,6 +154,7 @@ class AppContext:
     def stop(self, timeout: float | None = 10.0) -> None:
         """Cancel queued jobs, interrupt the running one and stop the worker."""
         self.queue.stop(timeout)
+        self.scripts.callbacks.fire("script_unloaded")
 
     @property
     def state(self) -> JobState:
@@ -146,14 +162,30 @@ class AppContext:
         return self.queue.last_state
 
     def startup_checkpoint(self) -> str | None:
-        """--ckpt, else the saved sd_model_checkpoint if it still exists, else the built-in model."""
+        """--ckpt, else the saved sd_model_checkpoint if it still exists, else the built-in model (the
+        trained one, else the random test model)."""
         if self.settings.ckpt is not None:
             return self.registry.add_file(self.settings.ckpt).title
         saved = self.options["sd_model_checkpoint"]
         if saved and self.registry.find(saved) is not None:
             return saved
-        default = self.registry.find(builtin.DEFAULT_MODEL_FILENAME)
-        return default.title if default is not None else None
+        for filename in (builtin.SHAPES_MODEL_FILENAME, builtin.DEFAULT_MODEL_FILENAME):
+            default = self.registry.find(filename)
+            if default is not None:
+                return default.title
+        return None
+
+    def native_size(self, name: str | None) -> tuple[int, int]:
+        """(width, height) the checkpoint `name` was trained at (see `families.native_resolution`), read from
+        its file header without loading it; 512x512 when it is unknown or not a .safetensors file."""
+        info = self.registry.find(name) if name else None
+        if info is None or not info.is_safetensors:
+            return 512, 512
+        try:
+            family = detect_family(safetensors_shapes(info.filename))
+        except ModelLoadError:
+            return 512, 512
+        return native_resolution(family, info.metadata)
 
     def processing_context(self, state: JobState | None = None) -> ProcessingContext:
         """What process_images needs, reporting to `state` (a fresh one if not given)."""
@@ -161,12 +193,41 @@ class AppContext:
                                  data_dir=self.settings.data_dir,
                                  state=self.queue.new_state() if state is None else state,
                                  upscalers=self.upscalers, face_restorers=self.face_restorers,
-                                 networks=self.networks)
+                                 networks=self.networks, styles=self.styles, callbacks=self.scripts.callbacks,
+                                 models_dir=self.settings.models_dir)
+
+    def switch_checkpoint(self, name: str) -> Job | None:
+        """Make `name` (any A1111 alias) the selected checkpoint, for the UI's dropdown and the options API.
+
+        The name is resolved now (ModelNotFound names it); the model loads in the job queue, after
+        the running job, and only then becomes `sd_model_checkpoint` (saved). Returns that job, or
+        None when the model is already selected and loaded.
+        """
+        info = self.registry.get(name)
+        if info.title == self.options["sd_model_checkpoint"] and info in self.models.loaded():
+            return None
+
+        def load(state: JobState) -> str:
+            loaded, _ = self.models.get(info.title)  # its title gains the hash once loaded
+            self.options.set("sd_model_checkpoint", loaded.title)
+            self.options.save()
+            return loaded.title
+
+        return self.queue.submit("load-model", load)
 
     def submit(self, p: StableDiffusionProcessing, *, request: Any = None) -> Job:
-        """Queue a generation and return its job at once (the asynchronous API)."""
+        """Queue a generation and return its job at once (the asynchronous API).
+
+        A request that did not go through a script runner gets the always-on scripts with their
+        defaults (A1111: they run on every generation); a selected script's run() does the job.
+        """
+        if p.scripts is None:
+            self.scripts.runner_for(p).bind(p)
+
         def run(state: JobState) -> Processed:
-            return process_images(p, self.processing_context(state))
+            p.context = self.processing_context(state)
+            processed = p.scripts.run(p)
+            return processed if processed is not None else process_images(p, p.context)
 
         return self.queue.submit(p.outpath_kind, run, request=request)
 

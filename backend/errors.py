@@ -29,6 +29,10 @@ class ModelNotFound(WebUIError):
         self.name = name
 
 
+class AccessDenied(WebUIError):
+    """The request names something it may not reach (a file outside the served folders, say)."""
+
+
 class ModelLoadError(WebUIError):
     """A model file exists but cannot be loaded (unknown family, unsafe pickle, corrupt file)."""
 

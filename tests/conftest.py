@@ -16,7 +16,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from backend.models import builtin
 
     root = tmp_path_factory.mktemp("models")
-    builtin.ensure_default_model(root)
+    builtin.ensure_random_model(root)
     return root
 
 

@@ -14,7 +14,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from backend.context import AppContext
-from ui import common, extras, img2img, paste, pnginfo, settings, txt2img
+from ui import common, extensions, extra_networks, extras, img2img, paste, pnginfo, settings, txt2img
 from ui.generation import wire_paste
 from ui.progress import outcome, status_html, watch
 from ui.theme import CSS, theme
@@ -22,14 +22,20 @@ from ui.theme import CSS, theme
 STATUS_INTERVAL = 1.0
 
 
-def mount_ui(app: FastAPI, ctx: AppContext) -> FastAPI:
-    """Mount the Gradio UI at the root of `app` (the app that serves the API with --api).
+def mount_ui(app: FastAPI, ctx: AppContext, blocks: gr.Blocks | None = None) -> FastAPI:
+    """Mount the Gradio UI (built by build_ui unless given) at the root of `app` (the app that
+    serves the API with --api), with the enabled extensions' style.css and javascript files.
 
     Mount it last: the UI takes every path that no route added before it matches.
     """
-    blocks = build_ui(ctx)
-    return gr.mount_gradio_app(app, blocks, path="", auth=_gradio_auth(ctx), theme=theme(), css=CSS,
-                               show_error=True)
+    blocks = blocks or build_ui(ctx)
+    enabled = [e for e in ctx.scripts.extensions if e.enabled]
+    scripts = "".join(f"<script>\n{path.read_text(encoding='utf-8')}\n</script>\n"
+                      for e in enabled for path in e.javascript_files)
+    gr.mount_gradio_app(app, blocks, path="", auth=_gradio_auth(ctx), theme=theme(), css=CSS,
+                        css_paths=[e.css_file for e in enabled if e.css_file], head=scripts or None, show_error=True)
+    extra_networks.install_login_check(app)
+    return app
 
 
 def _gradio_auth(ctx: AppContext) -> list[tuple[str, str]] | None:
@@ -69,16 +75,14 @@ def checkpoint_choices(ctx: AppContext) -> Any:
 
 def _wire_quicksettings(ctx: AppContext, quick: Quicksettings) -> None:
     def switch(title: str) -> Iterator[Any]:
-        """Load the chosen checkpoint in the job queue (after the running job), then keep it as the option."""
+        """Load the chosen checkpoint in the job queue (after the running job); it then becomes the option."""
         with common.shown_as_gr_error():
-            info = ctx.registry.get(title)
-        job = ctx.queue.submit("load-model", lambda state: ctx.models.get(info.title))
-        yield gr.update(interactive=False)
-        for _ in watch(job):
-            yield gr.skip()
-        outcome(job)
-        ctx.options.set("sd_model_checkpoint", info.title)
-        ctx.options.save()
+            job = ctx.switch_checkpoint(title)  # the same path as the options API
+        if job is not None:
+            yield gr.update(interactive=False)
+            for _ in watch(job):
+                yield gr.skip()
+            outcome(job)
         yield checkpoint_choices(ctx)
 
     def restore() -> Any:
@@ -96,33 +100,54 @@ def _wire_quicksettings(ctx: AppContext, quick: Quicksettings) -> None:
     timer.tick(lambda: status_html(ctx), None, quick.status, show_progress="hidden", queue=False)
 
 
+def _extension_tabs(ctx: AppContext) -> None:
+    """Top-level tabs extensions add with on_ui_tabs: [(gr.Blocks, title, elem_id)] each."""
+    for tabs in ctx.scripts.callbacks.fire("ui_tabs"):
+        for blocks, title, elem_id in tabs or []:
+            with gr.Tab(title, id=elem_id, elem_id=f"tab_{elem_id}"):
+                blocks.render()
+
+
 def build_ui(ctx: AppContext) -> gr.Blocks:
     """Every tab and the events between them."""
     counter = common.TokenCounter(ctx)
+    ctx.scripts.callbacks.fire("before_ui")
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as blocks:
         quick = _build_quicksettings(ctx)
         with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img") as t2i_tab:
                 t2i = txt2img.build(ctx, counter)
-            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img") as i2i_tab:
                 i2i = img2img.build(ctx, counter)
-            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras") as extras_tab:
                 ex = extras.build(ctx)
+            # The controls take their saved defaults now, before the page's config is made.
+            defaults = settings.UiDefaults(settings.ui_config_path(ctx.settings))
+            for name, tab in (("txt2img", t2i_tab), ("img2img", i2i_tab), ("extras", extras_tab)):
+                defaults.add_tab(name, tab)
+            defaults.save()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build()
+            _extension_tabs(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
-                st = settings.build(ctx)
+                st = settings.build(ctx, defaults)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                extensions.build(ctx)
         _wire_quicksettings(ctx, quick)
         wire_paste(ctx, t2i)
         wire_paste(ctx, i2i)
         _wire_send_buttons(ctx, tabs, t2i, i2i, ex, png)
+        toprows = [t2i.toprow, i2i.toprow]
+        common.wire_style_saving(ctx, toprows)
 
         def on_load() -> list[Any]:
             # Values that may have changed since the page was built (by the API, another page, a restart).
-            return [*settings.current_values(ctx, st), checkpoint_choices(ctx)]
+            return [*settings.current_values(ctx, st), checkpoint_choices(ctx), *common.style_choices(ctx, toprows)]
 
         # Marks the page as ready once the values above are in, for scripts and browser tests.
-        blocks.load(on_load, None, [*st.components, quick.checkpoint], show_progress="hidden").then(
+        blocks.load(on_load, None, [*st.components, quick.checkpoint, *common.style_dropdowns(toprows)],
+                    show_progress="hidden").then(
+            None, None, None, js=common.tooltips_js()).then(
             None, None, None, js="() => { document.body.dataset.uiLoaded = 'true'; }")
     return blocks
 
@@ -135,23 +160,22 @@ def _wire_send_buttons(ctx: AppContext, tabs: gr.Tabs, t2i: txt2img.Txt2ImgTab, 
                        ex: extras.ExtrasTab, png: pnginfo.PngInfoTab) -> None:
     assert i2i.inputs is not None and i2i.inpaint is not None
     inputs = i2i.inputs
-    i2i_fields = i2i.paste_fields()
-    t2i_fields = t2i.paste_fields()
-    skip = ctx.options
+    i2i_fields = i2i.paste_fields(ctx)
+    t2i_fields = t2i.paste_fields(ctx)
 
     def params_of(text: str) -> dict[str, object]:
-        return paste.parse(text, skip["infotext_skip_pasting"] or ()) if text else {}
+        return paste.parse(text, ctx.options, ctx.styles, ctx.scripts.callbacks) if text else {}
 
     def to_img2img(image: Any, text: str, sub_tab: str) -> list[Any]:
         if image is None:
             raise gr.Error("No image to send")
         params = params_of(text)
-        target = inputs.sketch if sub_tab == "inpaint" else inputs.image
-        return [image if c is target else gr.skip() for c in (inputs.image, inputs.sketch)] + [
+        target = inputs.inpaint_editor if sub_tab == "inpaint" else inputs.image
+        return [image if c is target else gr.skip() for c in (inputs.image, inputs.inpaint_editor)] + [
             gr.Tabs(selected="img2img"), gr.Tabs(selected=sub_tab), *img2img.select_mode(sub_tab),
             *(paste.values_for(params, i2i_fields) if params else [gr.skip()] * len(i2i_fields))]
 
-    img2img_outputs = [inputs.image, inputs.sketch, tabs, inputs.tabs, inputs.mode, i2i.inpaint.group,
+    img2img_outputs = [inputs.image, inputs.inpaint_editor, tabs, inputs.tabs, inputs.mode, i2i.inpaint.group,
                        *(f.component for f in i2i_fields)]
 
     def to_extras(image: Any) -> list[Any]:

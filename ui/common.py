@@ -5,6 +5,7 @@ Layout and wiring only; values go to the backend's own objects and functions.
 from __future__ import annotations
 
 import html
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,33 @@ PASTE_ICON = "\u2199\ufe0f"  # ↙️
 CLEAR_ICON = "\u2715"  # ✕
 SWAP_ICON = "\u21c5"  # ⇅
 REFRESH_ICON = "\u21bb"  # ↻
+# A1111 uses emoji here (📋 🖌️ 📝); these symbols show in the fonts every system has.
+APPLY_STYLES_ICON = "\u21e9"  # ⇩ (the selected styles into the prompts)
+EDIT_STYLES_ICON = "\u270e"  # ✎
+COPY_PROMPT_ICON = "\u2750"  # ❐ (the prompts into the style)
+
+# Hover hints for the tool buttons (A1111's javascript/hints.js), by elem_id; {tab} is txt2img or img2img.
+TOOLTIPS = {
+    "{tab}_paste": "Fill the fields from the infotext in the prompt box, or from the last generation",
+    "{tab}_clear_prompt": "Clear both prompts",
+    "{tab}_style_apply": "Write the selected styles into the prompts",
+    "{tab}_styles_edit_button": "Edit styles",
+    "{tab}_style_apply_dialog": "Write the selected styles into the prompts",
+    "{tab}_style_copy": "Copy the prompts from the prompt boxes into this style",
+    "refresh_{tab}_styles": "Read the styles files again",
+    "{tab}_random_seed": "Random seed (-1): a new seed for every generation",
+    "{tab}_reuse_seed": "Use the seed of the picture shown",
+    "{tab}_res_switch_btn": "Swap width and height",
+    "refresh_sd_model_checkpoint": "Look for new checkpoints",
+}
+
+
+def tooltips_js() -> str:
+    """A page script that gives the tool buttons their hover hints, also those drawn later (tabs open lazily)."""
+    titles = {key.format(tab=tab): text for key, text in TOOLTIPS.items() for tab in ("txt2img", "img2img")}
+    return ("() => { const titles = " + json.dumps(titles) + "; const apply = () => { for (const [id, text] of "
+            "Object.entries(titles)) { const el = document.getElementById(id); if (el && !el.title) el.title = text; "
+            "} }; apply(); new MutationObserver(apply).observe(document.body, {childList: true, subtree: true}); }")
 
 
 def error_text(error: BaseException) -> str:
@@ -118,8 +146,24 @@ class TokenCounter:
 # ---------------------------------------------------------------------------
 
 @dataclass
+class StyleEditor:
+    """A1111's style editor (🖌️): pick or name a style, edit its prompts, Save / Delete / Close."""
+
+    group: gr.Column
+    selection: gr.Dropdown
+    refresh: gr.Button
+    apply: gr.Button
+    copy: gr.Button
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    save: gr.Button
+    delete: gr.Button
+    close: gr.Button
+
+
+@dataclass
 class Toprow:
-    """Prompt and negative prompt with token counters, Generate / Interrupt / Skip, paste and clear."""
+    """Prompt and negative prompt with token counters, Generate / Interrupt / Skip, paste, clear and styles."""
 
     prompt: gr.Textbox
     negative_prompt: gr.Textbox
@@ -130,6 +174,10 @@ class Toprow:
     skip: gr.Button
     paste: gr.Button
     clear: gr.Button
+    apply_styles: gr.Button
+    styles: gr.Dropdown
+    edit_styles: gr.Button
+    style_editor: StyleEditor
 
     def running(self) -> dict[Any, Any]:
         """Updates that swap Generate for Interrupt/Skip while a job runs."""
@@ -145,7 +193,13 @@ class Toprow:
         return [self.generate, self.interrupt, self.skip]
 
 
-def build_toprow(tab: str) -> Toprow:
+def not_a_default(component: Any) -> Any:
+    """Keep `component` out of the UI defaults (ui-config.json), as A1111's do_not_save_to_config."""
+    component.do_not_save_to_config = True
+    return component
+
+
+def build_toprow(tab: str, ctx: AppContext) -> Toprow:
     """A1111's top row of a generation tab (elem_ids as A1111's: txt2img_prompt, txt2img_generate, ...)."""
     with gr.Row(elem_id=f"{tab}_toprow", elem_classes="toprow", equal_height=False):
         with gr.Column(scale=6, elem_classes="prompts"):
@@ -160,7 +214,7 @@ def build_toprow(tab: str) -> Toprow:
                 negative_counter = gr.HTML("<span class='token-counter'>0/75</span>",
                                            elem_id=f"{tab}_negative_token_counter",
                                            elem_classes="token-counter-box", js_on_load=None)
-        with gr.Column(scale=1, min_width=180, elem_classes="actions"):
+        with gr.Column(scale=1, min_width=200, elem_classes="actions"):
             generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate", elem_classes="generate")
             with gr.Row(elem_classes="interrupt-row"):
                 interrupt = gr.Button("Interrupt", variant="stop", visible=False, elem_id=f"{tab}_interrupt",
@@ -170,11 +224,46 @@ def build_toprow(tab: str) -> Toprow:
                 paste = gr.Button(PASTE_ICON, size="sm", elem_id=f"{tab}_paste", elem_classes="tool", min_width=40)
                 clear = gr.Button(CLEAR_ICON, size="sm", elem_id=f"{tab}_clear_prompt", elem_classes="tool",
                                   min_width=40)
-    return Toprow(prompt, negative, counter, negative_counter, generate, interrupt, skip, paste, clear)
+                apply_styles = gr.Button(APPLY_STYLES_ICON, size="sm", elem_id=f"{tab}_style_apply",
+                                         elem_classes="tool", min_width=40)
+            with gr.Row(elem_id=f"{tab}_styles_row", elem_classes="styles-row"):
+                styles = gr.Dropdown(ctx.styles.names(), value=[], multiselect=True, label="Styles",
+                                     elem_id=f"{tab}_styles", scale=1, min_width=120)
+                edit_styles = gr.Button(EDIT_STYLES_ICON, size="sm", elem_id=f"{tab}_styles_edit_button",
+                                        elem_classes="tool", min_width=40, scale=0)
+    editor = _build_style_editor(tab, ctx)
+    return Toprow(prompt, negative, counter, negative_counter, generate, interrupt, skip, paste, clear, apply_styles,
+                  styles, edit_styles, editor)
+
+
+def _build_style_editor(tab: str, ctx: AppContext) -> StyleEditor:
+    with gr.Column(visible=False, elem_id=f"{tab}_styles_dialog", elem_classes="styles-dialog") as group:
+        with gr.Row(equal_height=False, elem_classes="styles-dialog-top"):
+            selection = not_a_default(gr.Dropdown(
+                ctx.styles.names(), value=None, allow_custom_value=True, label="Style",
+                elem_id=f"{tab}_styles_edit_select",
+                info="Choose a style to edit, or type a new name. Use {prompt} in the style's text to place the "
+                     "prompt there; without it the style's text is added to the end of the prompt.", scale=1))
+            refresh = gr.Button(REFRESH_ICON, size="sm", elem_id=f"refresh_{tab}_styles", elem_classes="tool",
+                                min_width=40, scale=0)
+            apply = gr.Button(APPLY_STYLES_ICON, size="sm", elem_id=f"{tab}_style_apply_dialog", elem_classes="tool",
+                              min_width=40, scale=0)
+            copy = gr.Button(COPY_PROMPT_ICON, size="sm", elem_id=f"{tab}_style_copy", elem_classes="tool",
+                             min_width=40, scale=0)
+        prompt = not_a_default(gr.Textbox(label="Prompt", lines=2, elem_id=f"{tab}_edit_style_prompt"))
+        negative = not_a_default(gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tab}_edit_style_neg_prompt"))
+        with gr.Row(elem_classes="styles-dialog-buttons"):
+            save = gr.Button("Save", variant="primary", visible=False, elem_id=f"{tab}_edit_style_save", min_width=100,
+                             scale=0)
+            delete = gr.Button("Delete", variant="stop", visible=False, elem_id=f"{tab}_edit_style_delete",
+                               min_width=100, scale=0)
+            close = gr.Button("Close", variant="secondary", elem_id=f"{tab}_edit_style_close", min_width=100,
+                              scale=0)
+    return StyleEditor(group, selection, refresh, apply, copy, prompt, negative, save, delete, close)
 
 
 def wire_toprow(ctx: AppContext, toprow: Toprow, counter: TokenCounter, steps: gr.Slider) -> None:
-    """Counters follow the prompts; Interrupt/Skip act on the running job; the bin clears both prompts."""
+    """Counters follow the prompts; Interrupt/Skip act on the running job; ✕ clears both prompts; styles."""
     for box, out in ((toprow.prompt, toprow.token_counter), (toprow.negative_prompt, toprow.negative_token_counter)):
         box.change(counter.html, [box, steps], out, show_progress="hidden", trigger_mode="always_last",
                    queue=False)
@@ -191,6 +280,90 @@ def wire_toprow(ctx: AppContext, toprow: Toprow, counter: TokenCounter, steps: g
     toprow.skip.click(skip, None, None, show_progress="hidden", concurrency_limit=None)
     toprow.clear.click(lambda: ("", ""), None, [toprow.prompt, toprow.negative_prompt], show_progress="hidden",
                        queue=False)
+    _wire_style_editor(ctx, toprow)
+
+
+def _wire_style_editor(ctx: AppContext, toprow: Toprow) -> None:
+    editor = toprow.style_editor
+    main = [toprow.prompt, toprow.negative_prompt, toprow.styles]
+
+    def materialize(prompt: str, negative: str, names: list[str] | None) -> tuple[str, str, list[str]]:
+        """📋: write the selected styles into the prompts and clear the selection (A1111)."""
+        names = names or []
+        return (ctx.styles.apply_styles_to_prompt(prompt or "", names),
+                ctx.styles.apply_negative_styles_to_prompt(negative or "", names), [])
+
+    for button in (toprow.apply_styles, editor.apply):
+        button.click(materialize, main, main, show_progress="hidden")
+
+    def open_editor(names: list[str] | None) -> list[Any]:
+        # Opens on the first selected style, ready to edit.
+        first = (names or [None])[0]
+        return [gr.update(visible=True), gr.update(value=first, choices=ctx.styles.names()) if first else gr.skip()]
+
+    toprow.edit_styles.click(open_editor, toprow.styles, [editor.group, editor.selection], show_progress="hidden")
+    editor.close.click(lambda: gr.update(visible=False), None, editor.group, show_progress="hidden", queue=False)
+
+    def select(name: str | None) -> list[Any]:
+        style = ctx.styles.get(name) if name else None
+        texts = [style.prompt, style.negative_prompt] if style is not None else [gr.skip(), gr.skip()]
+        return [*texts, gr.update(visible=style is not None), gr.update(visible=bool(name))]
+
+    editor.selection.change(select, editor.selection, [editor.prompt, editor.negative_prompt, editor.delete,
+                                                       editor.save], show_progress="hidden")
+    editor.copy.click(lambda prompt, negative: (prompt, negative), [toprow.prompt, toprow.negative_prompt],
+                      [editor.prompt, editor.negative_prompt], show_progress="hidden", queue=False)
+
+
+def style_choices(ctx: AppContext, toprows: list[Toprow]) -> list[Any]:
+    """Updates that give every styles dropdown (main and editor, of each tab) the styles as they are now."""
+    names = ctx.styles.names()
+    return [gr.update(choices=names) for _ in toprows for _ in range(2)]
+
+
+def style_dropdowns(toprows: list[Toprow]) -> list[gr.Dropdown]:
+    """The dropdowns style_choices updates, in the same order."""
+    return [d for t in toprows for d in (t.styles, t.style_editor.selection)]
+
+
+def wire_style_saving(ctx: AppContext, toprows: list[Toprow]) -> None:
+    """Save / Delete / ↻ in any tab's editor refresh the styles dropdowns of every tab."""
+    dropdowns = style_dropdowns(toprows)
+
+    def save(name: str | None, prompt: str, negative: str) -> list[Any]:
+        with shown_as_gr_error():
+            ctx.styles.save_style(name or "", prompt or "", negative or "")
+        return [gr.update(visible=True), *style_choices(ctx, toprows)]
+
+    def delete(name: str | None) -> list[Any]:
+        with shown_as_gr_error():
+            ctx.styles.delete_style(name or "")
+        return [None, "", "", *style_choices(ctx, toprows)]
+
+    def reload() -> list[Any]:
+        with shown_as_gr_error():
+            ctx.styles.reload()
+        return style_choices(ctx, toprows)
+
+    for toprow in toprows:
+        editor = toprow.style_editor
+        editor.save.click(save, [editor.selection, editor.prompt, editor.negative_prompt], [editor.delete, *dropdowns],
+                          show_progress="hidden")
+        editor.delete.click(delete, editor.selection, [editor.selection, editor.prompt, editor.negative_prompt,
+                                                       *dropdowns], show_progress="hidden")
+        editor.refresh.click(reload, None, dropdowns, show_progress="hidden")
+
+
+def build_override_settings(tab: str) -> gr.Dropdown:
+    """A1111's "Override settings": the settings a pasted infotext names, used by the next generation.
+
+    Hidden while empty; removing every entry hides it again.
+    """
+    dropdown = not_a_default(gr.Dropdown([], value=[], multiselect=True, label="Override settings", visible=False,
+                                         elem_id=f"{tab}_override_settings", interactive=True))
+    dropdown.change(lambda values: gr.update(visible=bool(values)), dropdown, dropdown, show_progress="hidden",
+                    queue=False)
+    return dropdown
 
 
 # ---------------------------------------------------------------------------
@@ -221,11 +394,12 @@ class SizeControls:
     swap: gr.Button
 
 
-def build_size_controls(tab: str) -> SizeControls:
+def build_size_controls(tab: str, size: tuple[int, int] = (512, 512)) -> SizeControls:
+    """Width/height sliders starting at `size` (the startup checkpoint's native size)."""
     with gr.Row(elem_classes="size-row"):
         with gr.Column(scale=8, min_width=200):
-            width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{tab}_width")
-            height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{tab}_height")
+            width = gr.Slider(64, 2048, value=size[0], step=8, label="Width", elem_id=f"{tab}_width")
+            height = gr.Slider(64, 2048, value=size[1], step=8, label="Height", elem_id=f"{tab}_height")
         swap = gr.Button(SWAP_ICON, elem_id=f"{tab}_res_switch_btn", elem_classes="tool", size="sm", min_width=40,
                          scale=0)
     swap.click(lambda w, h: (h, w), [width, height], [width, height], show_progress="hidden", queue=False)

@@ -1,23 +1,30 @@
-"""The img2img tab: img2img, Inpaint (draw the mask), Inpaint upload (image + mask) and Batch sub-tabs."""
+"""The img2img tab: img2img, Sketch (draw on the image), Inpaint (draw the mask), Inpaint upload (image + mask)
+and Batch (a folder on the server) sub-tabs."""
 from __future__ import annotations
 
+import html
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from PIL import Image, ImageChops, UnidentifiedImageError
+from PIL import Image, ImageChops
 
 from backend.context import AppContext
 from backend.errors import InvalidRequest
-from backend.processing import StableDiffusionProcessingImg2Img
+from backend.jobs.progress import JobState
+from backend.processing import Processed, StableDiffusionProcessingImg2Img
+from backend.processing.batch import process_img2img_folder, scaled_size
 from backend.processing.objects import INPAINTING_FILL, RESIZE_MODES
-from ui import common, paste
-from ui.generation import GenerationTab, run_generation
-from ui.progress import outcome, watch
+from ui import common, extra_networks, paste, scripts
+from ui.generation import GenerationTab, follow_job, run_generation
 
-MODES = ("img2img", "inpaint", "inpaint_upload", "batch")
+MODES = ("img2img", "sketch", "inpaint", "inpaint_upload", "batch")
+# Sub-tabs without a mask: the inpaint controls hide there.
+UNMASKED_MODES = ("img2img", "sketch")
+# The Sketch brush: A1111's default colour (white) first, then a small palette; any colour can be picked.
+SKETCH_COLORS = ["#ffffff", "#000000", "#e03131", "#f08c00", "#ffd43b", "#2f9e44", "#1971c2", "#9c36b5"]
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 INPAINT_AREAS = ("Whole picture", "Only masked")
 SCALE_TABS = ("to", "by")
@@ -31,6 +38,7 @@ class Img2ImgInputs:
     mode: gr.State
     image: gr.Image
     sketch: gr.ImageEditor
+    inpaint_editor: gr.ImageEditor
     inpaint_image: gr.Image
     inpaint_mask: gr.Image
     batch_input_dir: gr.Textbox
@@ -65,11 +73,18 @@ def _build_inputs() -> Img2ImgInputs:
         with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as t_img:
             image = gr.Image(label="Image for img2img", type="pil", image_mode="RGBA", format="png",
                              sources=["upload", "clipboard"], elem_id="img2img_image", height=420)
-        with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as t_inpaint:
-            sketch = gr.ImageEditor(label="Image for inpainting with mask", type="pil", image_mode="RGBA",
-                                    format="png", sources=["upload", "clipboard"], elem_id="img2maskimg", height=420,
-                                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+        with gr.Tab("Sketch", id="sketch", elem_id="img2img_img2img_sketch_tab") as t_sketch:
+            # What is drawn becomes part of the init image (A1111's Sketch).
+            sketch = gr.ImageEditor(label="Image for img2img", type="pil", image_mode="RGBA", format="png",
+                                    sources=["upload", "clipboard"], elem_id="img2img_sketch", height=420,
+                                    brush=gr.Brush(colors=SKETCH_COLORS, default_color=SKETCH_COLORS[0],
+                                                   color_mode="defaults"),
                                     transforms=(), layers=False)
+        with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as t_inpaint:
+            inpaint_editor = gr.ImageEditor(label="Image for inpainting with mask", type="pil", image_mode="RGBA",
+                                            format="png", sources=["upload", "clipboard"], elem_id="img2maskimg",
+                                            height=420, brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+                                            transforms=(), layers=False)
         with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as t_upload:
             with gr.Row():
                 inpaint_image = gr.Image(label="Image", type="pil", image_mode="RGBA", format="png",
@@ -77,15 +92,16 @@ def _build_inputs() -> Img2ImgInputs:
                 inpaint_mask = gr.Image(label="Mask (white: inpaint)", type="pil", image_mode="RGBA", format="png",
                                         sources=["upload", "clipboard"], elem_id="img_inpaint_mask", height=320)
         with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as t_batch:
-            gr.Markdown("Process every image of a folder on the server. Leave the output directory empty to "
-                        "save to the usual img2img output folder. With an inpaint mask directory, each image is "
-                        "inpainted with the mask of the same name.", elem_classes="hint")
+            gr.Markdown("Process every image of a folder on the server (sub-folders included), all with the same "
+                        "seed. Leave the output directory empty to save to the usual img2img output folder. With an "
+                        "inpaint mask directory, each image is inpainted with the mask of the same name (or with "
+                        "the only mask there).", elem_classes="hint")
             input_dir = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
             output_dir = gr.Textbox(label="Output directory", elem_id="img2img_batch_output_dir")
             mask_dir = gr.Textbox(label="Inpaint batch mask directory (optional)",
                                   elem_id="img2img_batch_inpaint_mask_dir")
-    return Img2ImgInputs(tabs, mode, image, sketch, inpaint_image, inpaint_mask, input_dir, output_dir, mask_dir,
-                         (t_img, t_inpaint, t_upload, t_batch))
+    return Img2ImgInputs(tabs, mode, image, sketch, inpaint_editor, inpaint_image, inpaint_mask, input_dir,
+                         output_dir, mask_dir, (t_img, t_sketch, t_inpaint, t_upload, t_batch))
 
 
 def _build_inpaint_controls() -> InpaintControls:
@@ -106,7 +122,7 @@ def _build_inpaint_controls() -> InpaintControls:
 
 def build(ctx: AppContext, counter: common.TokenCounter) -> Img2ImgTab:
     """The tab's layout; call inside gr.Tab("img2img")."""
-    toprow = common.build_toprow("img2img")
+    toprow = common.build_toprow("img2img", ctx)
     with gr.Row(equal_height=False, elem_classes="main-row"):
         with gr.Column(scale=1, min_width=400, elem_id="img2img_settings", elem_classes="settings-column"):
             inputs = _build_inputs()
@@ -119,7 +135,7 @@ def build(ctx: AppContext, counter: common.TokenCounter) -> Img2ImgTab:
                     scale_tab = gr.State(SCALE_TABS[0])
                     with gr.Tabs(elem_id="img2img_tabs_resize"):
                         with gr.Tab("Resize to", elem_id="img2img_tab_resize_to") as t_to:
-                            size = common.build_size_controls("img2img")
+                            size = common.build_size_controls("img2img", ctx.native_size(ctx.startup_checkpoint()))
                         with gr.Tab("Resize by", elem_id="img2img_tab_resize_by") as t_by:
                             scale_by = gr.Slider(0.05, 4, value=1.0, step=0.05, label="Scale",
                                                  elem_id="img2img_scale")
@@ -130,11 +146,14 @@ def build(ctx: AppContext, counter: common.TokenCounter) -> Img2ImgTab:
                     denoising = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
                                           elem_id="img2img_denoising_strength")
                     seed = common.build_seed_controls("img2img")
-                    script = gr.Dropdown(["None"], value="None", label="Script", elem_id="img2img_script_list",
-                                         interactive=True)
+                    override_settings = common.build_override_settings("img2img")
+                    script = scripts.build(ctx.scripts.img2img)
+                with gr.Tab("Lora", elem_id="img2img_lora_tab"):
+                    lora = extra_networks.build(ctx, "img2img")
         with gr.Column(scale=1, min_width=400):
             results = common.build_results("img2img")
     tab = Img2ImgTab("img2img", toprow, sampler, size, batch, cfg, seed, script, results, inputs=inputs,
+                     override_settings=override_settings,
                      inpaint=inpaint, resize_mode=resize_mode, scale_tab=scale_tab, scale_by=scale_by,
                      denoising_strength=denoising)
     tab.extra_paste_fields = [
@@ -150,6 +169,7 @@ def build(ctx: AppContext, counter: common.TokenCounter) -> Img2ImgTab:
                        queue=False)
     common.wire_toprow(ctx, toprow, counter, sampler.steps)
     common.wire_results(ctx, results)
+    extra_networks.wire(ctx, lora, results)
     common.wire_reuse_seed(seed, results)
     _wire_generate(ctx, tab)
     return tab
@@ -157,7 +177,7 @@ def build(ctx: AppContext, counter: common.TokenCounter) -> Img2ImgTab:
 
 def select_mode(mode: str) -> tuple[str, Any]:
     """The sub-tab now showing, and whether the inpaint controls show with it."""
-    return mode, gr.update(visible=mode != "img2img")
+    return mode, gr.update(visible=mode not in UNMASKED_MODES)
 
 
 def sketch_mask(value: dict | None) -> tuple[Image.Image | None, Image.Image | None]:
@@ -176,20 +196,18 @@ def sketch_mask(value: dict | None) -> tuple[Image.Image | None, Image.Image | N
     return background, mask.point(lambda v: 255 if v > 0 else 0)
 
 
-def _processing(tab: Img2ImgTab, data: dict, image: Image.Image, mask: Image.Image | None
+def _processing(tab: Img2ImgTab, data: dict, image: Image.Image | None, mask: Image.Image | None
                 ) -> StableDiffusionProcessingImg2Img:
+    """The request for the sub-tab's image; without an image, the template a batch fills in per image."""
     assert tab.inpaint is not None and tab.resize_mode is not None and tab.scale_tab is not None
     assert tab.scale_by is not None and tab.denoising_strength is not None
     fields = tab.common_fields(data)
-    if data[tab.scale_tab] == "by":
-        # A1111: "Resize by" scales the image's own size, rounded down to a multiple of 8.
-        scale = float(data[tab.scale_by])
-        fields["width"] = max(64, int(image.width * scale) // 8 * 8)
-        fields["height"] = max(64, int(image.height * scale) // 8 * 8)
+    if image is not None and data[tab.scale_tab] == "by":
+        fields["width"], fields["height"] = scaled_size(image.width, image.height, float(data[tab.scale_by]))
     i = tab.inpaint
-    return StableDiffusionProcessingImg2Img(
+    p = StableDiffusionProcessingImg2Img(
         **fields,
-        init_images=[image],
+        init_images=[image] if image is not None else [],
         mask=mask,
         resize_mode=RESIZE_MODES.index(data[tab.resize_mode]),
         denoising_strength=float(data[tab.denoising_strength]),
@@ -199,6 +217,8 @@ def _processing(tab: Img2ImgTab, data: dict, image: Image.Image, mask: Image.Ima
         inpaint_full_res_padding=int(data[i.padding]),
         inpainting_mask_invert=MASK_MODES.index(data[i.mask_mode]),
     )
+    tab.script.bind(p, data)
+    return p
 
 
 def _source(tab: Img2ImgTab, data: dict) -> tuple[Image.Image, Image.Image | None]:
@@ -206,8 +226,11 @@ def _source(tab: Img2ImgTab, data: dict) -> tuple[Image.Image, Image.Image | Non
     inputs = tab.inputs
     assert inputs is not None
     mode = data[inputs.mode]
-    if mode == "inpaint":
-        image, mask = sketch_mask(data[inputs.sketch])
+    if mode == "sketch":
+        drawn = data[inputs.sketch]
+        image, mask = (drawn or {}).get("composite"), None
+    elif mode == "inpaint":
+        image, mask = sketch_mask(data[inputs.inpaint_editor])
     elif mode == "inpaint_upload":
         image, mask = data[inputs.inpaint_image], data[inputs.inpaint_mask]
         if image is not None and mask is None:
@@ -224,7 +247,8 @@ def _wire_generate(ctx: AppContext, tab: Img2ImgTab) -> None:
     assert inputs is not None and i is not None
     assert tab.resize_mode is not None and tab.scale_tab is not None
     assert tab.scale_by is not None and tab.denoising_strength is not None
-    all_inputs = {*tab.common_inputs(), inputs.mode, inputs.image, inputs.sketch, inputs.inpaint_image,
+    all_inputs = {*tab.common_inputs(), inputs.mode, inputs.image, inputs.sketch, inputs.inpaint_editor,
+                  inputs.inpaint_image,
                   inputs.inpaint_mask, inputs.batch_input_dir, inputs.batch_output_dir, inputs.batch_mask_dir,
                   tab.resize_mode, tab.scale_tab, tab.scale_by, tab.denoising_strength, i.mask_blur, i.mask_mode,
                   i.inpainting_fill, i.inpaint_area, i.padding}
@@ -242,55 +266,20 @@ def _wire_generate(ctx: AppContext, tab: Img2ImgTab) -> None:
 
 
 def _run_batch(ctx: AppContext, tab: Img2ImgTab, data: dict) -> Iterator[dict[Any, Any]]:
-    """A1111's img2img batch: one queued request per image of the input folder, saved to the output folder."""
+    """The Batch sub-tab: the backend's folder processing as one job, followed like any generation."""
     inputs = tab.inputs
-    assert inputs is not None
-    r = tab.results
+    assert inputs is not None and tab.scale_tab is not None and tab.scale_by is not None
     with common.shown_as_gr_error():
-        files = _batch_files(data[inputs.batch_input_dir])
-        mask_dir = Path(data[inputs.batch_mask_dir]).expanduser() if data[inputs.batch_mask_dir] else None
-        output_dir = data[inputs.batch_output_dir].strip() or None
-    yield {**tab.toprow.running(), **common.results_running(r)}
-    shown: list[Image.Image] = []
-    saved: list[Path] = []
-    for number, path in enumerate(files, start=1):
-        image = _open(path)
-        if image is None:
-            continue
-        mask = _open(mask_dir / path.name) if mask_dir is not None else None
-        with common.shown_as_gr_error():
-            p = _processing(tab, data, image, mask)
-            p.outpath_samples = output_dir
-            p.validate()
-        job = ctx.submit(p)
-        for bar, preview in watch(job):
-            yield {r.progress: f"<div class='batch-count'>Image {number} of {len(files)}</div>" + bar,
-                   r.preview: preview}
-        processed = outcome(job)
-        shown.extend(processed.images[processed.index_of_first_image:])
-        saved.extend(processed.saved_paths)
-        yield {r.gallery: shown, r.log: common.saved_html(saved, ctx.settings.data_dir)}
-        if processed.interrupted:
-            break
-    done = {**common.results_idle(r), r.gallery: gr.update(value=shown, visible=True)}
-    if not saved and not shown:
-        done[r.log] = "<div class='comments'>No images were processed.</div>"
-    yield done
+        p = _processing(tab, data, None, None)
+    scale_by = float(data[tab.scale_by]) if data[tab.scale_tab] == "by" else None
+    at: dict[str, str] = {}
 
+    def on_image(number: int, total: int, path: Path) -> None:
+        at["note"] = f"<div class='batch-count'>Image {number} of {total}: {html.escape(path.name)}</div>"
 
-def _batch_files(folder: str) -> list[Path]:
-    if not folder:
-        raise InvalidRequest("img2img_batch_input_dir", "enter an input directory")
-    path = Path(folder).expanduser()
-    if not path.is_dir():
-        raise InvalidRequest("img2img_batch_input_dir", f"not a directory: {path}")
-    return sorted(p for p in path.iterdir() if p.is_file())
+    def run(state: JobState) -> Processed:
+        return process_img2img_folder(p, ctx.processing_context(state), data[inputs.batch_input_dir] or "",
+                                      data[inputs.batch_output_dir] or "", data[inputs.batch_mask_dir] or "",
+                                      scale_by=scale_by, on_image=on_image)
 
-
-def _open(path: Path) -> Image.Image | None:
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return opened.copy()
-    except (UnidentifiedImageError, OSError):
-        return None
+    yield from follow_job(ctx, tab, ctx.queue.submit(p.outpath_kind, run), note=lambda: at.get("note", ""))

@@ -41,6 +41,12 @@ button.generate { min-height: 5.8em; font-size: 1.25rem !important; font-weight:
 .interrupt-row, .tool-row { gap: 6px; flex-wrap: nowrap !important; }
 .interrupt-row button { min-height: 5.8em; }
 .tool-row { justify-content: flex-start; }
+.styles-row { align-items: flex-end; gap: 6px; flex-wrap: nowrap !important; }
+.styles-row button.tool { align-self: flex-end; }
+.styles-dialog { margin-bottom: 8px; padding: 10px 12px !important; border: 1px solid var(--color-accent);
+                 border-radius: 8px; background: var(--background-fill-secondary); gap: 8px !important; }
+.styles-dialog-top { align-items: flex-end; flex-wrap: nowrap !important; gap: 6px; }
+.styles-dialog-buttons { justify-content: flex-end; gap: 8px; }
 
 /* settings column */
 .size-row { align-items: center; flex-wrap: nowrap !important; }
@@ -80,5 +86,73 @@ button.generate { min-height: 5.8em; font-size: 1.25rem !important; font-weight:
 .settings-nav label.selected { background: var(--color-accent-soft) !important; font-weight: 600; }
 .settings-nav input[type=radio] { display: none; }
 .settings-result { font-size: 0.9rem; }
+.defaults-changes { border-collapse: collapse; font-size: 0.85rem; margin-top: 6px; }
+.defaults-changes th, .defaults-changes td { border: 1px solid var(--border-color-primary); padding: 3px 8px;
+                                             text-align: left; }
+.defaults-changes th { background: var(--background-fill-secondary); }
 .hint p { font-size: 0.85rem; color: var(--body-text-color-subdued); }
+
+/* Lora page (ui/extra_networks.py) */
+.lora-controls { gap: 6px; align-items: center; margin-bottom: 6px; flex-wrap: nowrap !important; }
+.lora-page { display: flex; gap: 10px; align-items: flex-start; }
+.lora-tree { flex: 0 0 160px; max-height: 70vh; overflow-y: auto; display: flex; flex-direction: column; gap: 1px; }
+.lora-dir { display: flex; justify-content: space-between; gap: 6px; text-align: left; cursor: pointer;
+            padding: 3px 8px 3px calc(8px + var(--depth, 0) * 12px); border: none; border-radius: 6px;
+            background: transparent; color: var(--body-text-color); font-size: 0.85rem; }
+.lora-dir span:first-child { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.lora-dir:hover { background: var(--background-fill-secondary); }
+.lora-dir.selected { background: var(--color-accent-soft); font-weight: 600; }
+.lora-count { color: var(--body-text-color-subdued); font-size: 0.75rem; }
+.lora-main { flex: 1; min-width: 0; }
+.lora-status { font-size: 0.8rem; color: var(--body-text-color-subdued); margin-bottom: 6px; }
+.lora-cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(128px, 1fr)); gap: 8px;
+              max-height: 70vh; overflow-y: auto; align-content: start; padding: 2px; }
+.lora-card { position: relative; aspect-ratio: 3 / 4; border-radius: 8px; overflow: hidden; cursor: pointer;
+             background: var(--background-fill-secondary); border: 1px solid var(--border-color-primary);
+             user-select: none; content-visibility: auto; contain-intrinsic-size: auto 170px; }
+.lora-card[hidden] { display: none !important; }
+.lora-card:hover { border-color: var(--color-accent); box-shadow: 0 0 0 1px var(--color-accent); }
+.lora-thumb, .lora-thumb img { width: 100%; height: 100%; }
+.lora-thumb img { object-fit: cover; display: block; }
+.lora-noimage { display: flex; align-items: center; justify-content: center; width: 100%; height: 100%;
+                font-size: 2.6rem; font-weight: 700; color: var(--body-text-color-subdued);
+                background: linear-gradient(135deg, var(--background-fill-secondary), var(--color-accent-soft)); }
+.lora-text { position: absolute; left: 0; right: 0; bottom: 0; padding: 18px 8px 6px; color: #fff;
+             background: linear-gradient(transparent, rgba(0, 0, 0, 0.78)); }
+.lora-name { font-weight: 600; font-size: 0.82rem; line-height: 1.2; word-break: break-word; }
+.lora-desc { font-size: 0.72rem; line-height: 1.25; opacity: 0.9; margin-top: 2px; display: -webkit-box;
+             -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden; }
+.lora-family { position: absolute; top: 6px; left: 6px; font-size: 0.65rem; font-weight: 600; padding: 1px 7px;
+               border-radius: 999px; background: rgba(0, 0, 0, 0.6); color: #fff; }
+.lora-family-sdxl { background: rgba(124, 58, 237, 0.85); }
+.lora-family-sd2 { background: rgba(37, 99, 235, 0.85); }
+.lora-family-sd1 { background: rgba(234, 88, 12, 0.85); }
+.lora-edit { position: absolute; top: 4px; right: 4px; width: 26px; height: 26px; border: none; border-radius: 6px;
+             background: rgba(0, 0, 0, 0.55); color: #fff; cursor: pointer; opacity: 0.7; font-size: 0.9rem; }
+.lora-card:hover .lora-edit { opacity: 1; }
+.lora-edit:hover { background: var(--color-accent); }
+.lora-empty { color: var(--body-text-color-subdued); padding: 12px 0; font-size: 0.9rem; }
+.lora-empty[hidden] { display: none; }
+.lora-editor { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 10px !important;
+               margin-bottom: 8px; gap: 8px !important; }
+.lora-heading { display: flex; gap: 12px; align-items: flex-start; }
+.lora-editor-top { align-items: flex-start !important; flex-wrap: nowrap !important; }
+.lora-editor-top button.tool { align-self: flex-start; }
+.lora-heading h3 { margin: 0 0 4px 0; font-size: 1.1rem; font-weight: 600; }
+.lora-heading-thumb { flex: 0 0 72px; height: 96px; border-radius: 6px; overflow: hidden; }
+.lora-heading-thumb img { width: 100%; height: 100%; object-fit: cover; }
+.lora-heading-facts { font-size: 0.8rem; color: var(--body-text-color-subdued); word-break: break-word; }
+.lora-heading-prompt { margin-top: 4px; font-size: 0.8rem; }
+.lora-training { font-size: 0.85rem; }
+.lora-training-table { border-collapse: collapse; margin-bottom: 6px; }
+.lora-training-table th { text-align: left; font-weight: 400; padding: 2px 14px 2px 0; white-space: nowrap;
+                          color: var(--body-text-color-subdued); vertical-align: top; }
+.lora-training-table td { padding: 2px 0; word-break: break-word; }
+.lora-tags-title { font-weight: 600; margin: 4px 0; color: var(--body-text-color-subdued); }
+.lora-tags { display: flex; flex-wrap: wrap; gap: 4px; }
+.lora-tag { font-size: 0.75rem; padding: 1px 7px; border-radius: 999px; background: var(--background-fill-secondary);
+            border: 1px solid var(--border-color-primary); }
+.lora-raw summary { cursor: pointer; margin-top: 6px; color: var(--body-text-color-subdued); }
+.lora-raw pre { max-height: 240px; overflow: auto; font-size: 0.75rem; }
+.lora-editor-buttons { gap: 6px; }
 """

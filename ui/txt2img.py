@@ -11,7 +11,7 @@ from backend.context import AppContext
 from backend.postprocess.upscalers import LATENT_UPSCALE_MODES
 from backend.processing import StableDiffusionProcessingTxt2Img
 from backend.sampling.registry import SAMPLERS, SCHEDULERS
-from ui import common, paste
+from ui import common, extra_networks, paste, scripts
 from ui.generation import GenerationTab, run_generation
 
 USE_SAME_CHECKPOINT = "Use same checkpoint"
@@ -93,25 +93,29 @@ class Txt2ImgTab(GenerationTab):
 
 def build(ctx: AppContext, counter: common.TokenCounter) -> Txt2ImgTab:
     """The tab's layout; call inside gr.Tab("txt2img")."""
-    toprow = common.build_toprow("txt2img")
+    toprow = common.build_toprow("txt2img", ctx)
     with gr.Row(equal_height=False, elem_classes="main-row"):
         with gr.Column(scale=1, min_width=400, elem_id="txt2img_settings", elem_classes="settings-column"):
             with gr.Tabs(elem_id="txt2img_extra_tabs"):
                 with gr.Tab("Generation", elem_id="txt2img_generation_tab"):
                     sampler = common.build_sampler_controls("txt2img")
                     hires = _build_hires(ctx)
-                    size = common.build_size_controls("txt2img")
+                    size = common.build_size_controls("txt2img", ctx.native_size(ctx.startup_checkpoint()))
                     batch = common.build_batch_controls("txt2img")
                     cfg = gr.Slider(1, 30, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
                     seed = common.build_seed_controls("txt2img")
-                    script = gr.Dropdown(["None"], value="None", label="Script", elem_id="script_list",
-                                         interactive=True)
+                    override_settings = common.build_override_settings("txt2img")
+                    script = scripts.build(ctx.scripts.txt2img)
+                with gr.Tab("Lora", elem_id="txt2img_lora_tab"):
+                    lora = extra_networks.build(ctx, "txt2img")
         with gr.Column(scale=1, min_width=400):
             results = common.build_results("txt2img", upscale=True)
-    tab = Txt2ImgTab("txt2img", toprow, sampler, size, batch, cfg, seed, script, results, hires=hires)
+    tab = Txt2ImgTab("txt2img", toprow, sampler, size, batch, cfg, seed, script, results, hires=hires,
+                     override_settings=override_settings)
     tab.extra_paste_fields = tab.hires_fields()
     common.wire_toprow(ctx, toprow, counter, sampler.steps)
     common.wire_results(ctx, results)
+    extra_networks.wire(ctx, lora, results)
     common.wire_reuse_seed(seed, results)
     _wire_generate(ctx, tab)
     return tab
@@ -120,7 +124,7 @@ def build(ctx: AppContext, counter: common.TokenCounter) -> Txt2ImgTab:
 def _processing(tab: Txt2ImgTab, data: dict) -> StableDiffusionProcessingTxt2Img:
     h = tab.hires
     assert h is not None
-    return StableDiffusionProcessingTxt2Img(
+    p = StableDiffusionProcessingTxt2Img(
         **tab.common_fields(data),
         enable_hr=bool(data[h.enable]),
         hr_upscaler=data[h.upscaler],
@@ -135,6 +139,8 @@ def _processing(tab: Txt2ImgTab, data: dict) -> StableDiffusionProcessingTxt2Img
         hr_prompt=data[h.prompt] or "",
         hr_negative_prompt=data[h.negative_prompt] or "",
     )
+    tab.script.bind(p, data)
+    return p
 
 
 def _wire_generate(ctx: AppContext, tab: Txt2ImgTab) -> None:

@@ -7,7 +7,7 @@ response, and one log line per /sdapi request with --api-log.
 With --api-auth every route of the app needs HTTP Basic: the dependency sits on the app
 itself, so routes added later (extensions, LoRA) are covered too. Only /docs, /redoc,
 /openapi.json, the --nowebui index page and the mounted UI (which has --gradio-auth) are
-outside it.
+outside it; so are the UI's own /sd_extra_networks routes, which let in whoever the UI lets in.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.api.auth import BasicAuth, parse_credentials
 from backend.api.errors import install_error_handlers
-from backend.api.routers import extras, generation, jobs, misc, models, options, progress, server
+from backend.api.routers import extra_networks, extras, generation, jobs, misc, models, options, progress, server
 from backend.context import AppContext
 from backend.version import VERSION
 
@@ -46,12 +46,19 @@ class ServerControl:
 
     server: Any = None
     """The uvicorn.Server running this app (its `should_exit` ends it gracefully)."""
+    restart_requested: bool = False
+    """Set by restart(): webui.main builds everything again once the server has stopped."""
 
     def stop(self) -> None:
         """Let the requests in flight finish, then shut down (the lifespan stops the job queue)."""
         if self.server is None:
             raise RuntimeError("no server attached to stop")
         self.server.should_exit = True
+
+    def restart(self) -> None:
+        """Stop like stop(), then start again in the same process with the same flags."""
+        self.restart_requested = True
+        self.stop()
 
     def kill(self) -> None:
         """End the process now, as A1111's server-kill does."""
@@ -91,6 +98,11 @@ def create_app(ctx: AppContext, *, serve_api: bool = True) -> FastAPI:
             app.include_router(server.router, prefix=API_PREFIX)
     if settings.nowebui:
         app.add_route("/", _index, methods=["GET"], include_in_schema=False)
+    else:
+        # The UI's own routes, guarded like the UI (routers/extra_networks.py says why).
+        ui_routes = extra_networks.create_app(ctx, credentials)
+        app.state.ui_access = ui_routes.state.ui_access
+        app.mount(extra_networks.PREFIX, ui_routes)
     return app
 
 

@@ -9,7 +9,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from backend.errors import InvalidRequest
 
-_CHALLENGE = {"WWW-Authenticate": "Basic"}
+CHALLENGE = {"WWW-Authenticate": "Basic"}
 
 
 def parse_credentials(text: str | None) -> dict[str, str]:
@@ -27,7 +27,7 @@ def parse_credentials(text: str | None) -> dict[str, str]:
 
 
 # auto_error=False: our own 401 message for missing credentials, with the challenge header.
-_SCHEME = HTTPBasic(auto_error=False, description="--api-auth user:password")
+SCHEME = HTTPBasic(auto_error=False, description="--api-auth user:password")
 
 
 class BasicAuth:
@@ -36,16 +36,22 @@ class BasicAuth:
     def __init__(self, credentials: dict[str, str]) -> None:
         self.credentials = dict(credentials)
 
-    def __call__(self, given: Annotated[HTTPBasicCredentials | None, Depends(_SCHEME)]) -> str:
+    def __call__(self, given: Annotated[HTTPBasicCredentials | None, Depends(SCHEME)]) -> str:
         """The user name of a request with valid credentials; 401 otherwise."""
         if given is None:
-            raise HTTPException(401, "Not authenticated", headers=_CHALLENGE)
+            raise HTTPException(401, "Not authenticated", headers=CHALLENGE)
+        if not self.accepts(given):
+            raise HTTPException(401, "Incorrect username or password", headers=CHALLENGE)
+        return given.username
+
+    def accepts(self, given: HTTPBasicCredentials | None) -> bool:
+        """Whether `given` are the credentials of one of the users."""
+        if given is None:
+            return False
         matched = False
         for user, password in self.credentials.items():
             # Check every entry so timing does not reveal which user names exist.
             same_user = secrets.compare_digest(given.username.encode(), user.encode())
             same_password = secrets.compare_digest(given.password.encode(), password.encode())
             matched |= same_user and same_password
-        if not matched:
-            raise HTTPException(401, "Incorrect username or password", headers=_CHALLENGE)
-        return given.username
+        return matched

@@ -18,7 +18,15 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.errors import ExtensionError, Interrupted, InvalidRequest, ModelLoadError, ModelNotFound, WebUIError
+from backend.errors import (
+    AccessDenied,
+    ExtensionError,
+    Interrupted,
+    InvalidRequest,
+    ModelLoadError,
+    ModelNotFound,
+    WebUIError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,7 @@ class JobConflict(WebUIError):
 STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (InvalidRequest, 422),
     (ModelNotFound, 404),
+    (AccessDenied, 403),
     (NotAvailable, 404),
     (JobConflict, 409),
     # A queued request whose job was cancelled (DELETE /sdapi/v1/jobs/{id}) before it ran.

@@ -22,12 +22,19 @@ from typing import Any, Literal, Optional
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from backend.config import OPTION_DEFAULTS, coerce_option
+from backend.callbacks import CallbackRegistry
+from backend.config import OPTION_DEFAULTS
+from backend.context import AppContext
 from backend.errors import InvalidRequest
 from backend.models.registry import CheckpointRegistry
 from backend.postprocess.extras import ExtrasRequest
 from backend.postprocess.images import image_to_bytes
-from backend.postprocess.infotext import parse_infotext
+from backend.processing.infotext_paste import (
+    STYLES_ARRAY,
+    checkpoint_finder,
+    infotext_settings,
+    parse_pasted_infotext,
+)
 from backend.processing import (
     Processed,
     StableDiffusionProcessing,
@@ -35,6 +42,7 @@ from backend.processing import (
     StableDiffusionProcessingTxt2Img,
 )
 from backend.processing.objects import INPAINTING_FILL, RESIZE_MODES
+from backend.prompts.styles import StyleDatabase
 from backend.sampling import registry as samplers
 
 # Processing fields the API does not take (A1111's API_NOT_ALLOWED, plus `user`, which
@@ -448,16 +456,18 @@ IMG2IMG = GenerationKind("img2img", StableDiffusionProcessingImg2Img, _IMG2IMG_F
 
 
 def apply_infotext(req: BaseModel, opts: Mapping[str, Any], registry: CheckpointRegistry,
-                   fields: tuple[InfotextField, ...] = TXT2IMG_INFOTEXT_FIELDS) -> BaseModel:
+                   fields: tuple[InfotextField, ...] = TXT2IMG_INFOTEXT_FIELDS,
+                   styles: StyleDatabase | None = None, callbacks: CallbackRegistry | None = None) -> BaseModel:
     """Fill the fields the request did not set from its `infotext` (A1111's apply_infotext).
 
-    `fields` is the route's table of infotext keys. Settings named in the infotext (Clip skip,
+    `fields` is the route's table of infotext keys. Styles found in the prompts become `styles`
+    (option infotext_styles, as the UI's paste). Settings named in the infotext (Clip skip,
     ENSD, ...) that differ from the current options go into override_settings, unless the
     request already overrides them.
     """
     if not req.infotext:
         return req
-    params = parse_infotext(req.infotext, skip_fields=opts["infotext_skip_pasting"] or ())
+    params = parse_pasted_infotext(req.infotext, opts, styles or StyleDatabase(), callbacks)
     given = req.model_fields_set
     update: dict[str, Any] = {}
     for key, name, convert in fields:
@@ -477,36 +487,17 @@ def apply_infotext(req: BaseModel, opts: Mapping[str, Any], registry: Checkpoint
     if ("enable_hr" in type(req).model_fields and "enable_hr" not in given and "Denoising strength" in params
             and any(k in params for k in hires_keys)):
         update["enable_hr"] = True
-    update["override_settings"] = _infotext_overrides(params, dict(req.override_settings or {}), opts, registry)
+    if isinstance(params.get(STYLES_ARRAY), list) and "styles" not in given:
+        update["styles"] = params[STYLES_ARRAY]
+    overrides = dict(req.override_settings or {})
+    for setting in infotext_settings(params, opts, checkpoint_finder(registry)):
+        overrides.setdefault(setting.option, setting.value)
+    update["override_settings"] = overrides
     return req.model_copy(update=update)
 
 
-def _infotext_overrides(params: Mapping[str, Any], overrides: dict[str, Any], opts: Mapping[str, Any],
-                        registry: CheckpointRegistry) -> dict[str, Any]:
-    for key, info in OPTION_DEFAULTS.items():
-        if info.infotext is None or info.infotext not in params or key in overrides:
-            continue
-        value = params[info.infotext]
-        if key == "sd_model_checkpoint":
-            if opts["disable_weights_auto_swap"]:
-                continue
-            found = registry.find(str(value))
-            if found is None:
-                continue
-            value = found.title
-        value = coerce_option(key, value)
-        if value != opts[key]:
-            overrides[key] = value
-    return overrides
-
-
 def reject_unavailable(req: BaseModel, kind: GenerationKind) -> None:
-    """Scripts we do not have get A1111's 422; fields for features we lack are refused by name."""
-    if req.script_name:
-        raise InvalidRequest("script_name", f"Script '{req.script_name}' not found")
-    if req.alwayson_scripts:
-        name = next(iter(req.alwayson_scripts))
-        raise InvalidRequest("alwayson_scripts", f"always on script {name} not found")
+    """Fields for features we lack are refused by name (scripts are checked by their runner)."""
     for name, (_, feature) in _UNAVAILABLE.items():
         if name not in kind.fields and getattr(req, name, None) is not None:
             raise InvalidRequest(name, f"{feature} is not available yet in this version")
@@ -524,14 +515,17 @@ def _decode_images(req: BaseModel, names: tuple[str, ...]) -> dict[str, Any]:
     return decoded
 
 
-def generation_processing(req: BaseModel, kind: GenerationKind, opts: Mapping[str, Any],
-                          registry: CheckpointRegistry) -> tuple[BaseModel, StableDiffusionProcessing]:
-    """The processing object for a txt2img or img2img request (after infotext pre-fill), validated.
+def generation_processing(req: BaseModel, kind: GenerationKind, ctx: AppContext
+                          ) -> tuple[BaseModel, StableDiffusionProcessing]:
+    """The processing object for a txt2img or img2img request (after infotext pre-fill), validated,
+    with its scripts bound: script_name / script_args / alwayson_scripts laid out as A1111's
+    init_script_args (422 for unknown titles).
 
     Returns the effective request too: its dump is the response's `parameters`.
     """
+    opts = ctx.options
     reject_unavailable(req, kind)
-    req = apply_infotext(req, opts, registry, kind.infotext_fields)
+    req = apply_infotext(req, opts, ctx.registry, kind.infotext_fields, ctx.styles, ctx.scripts.callbacks)
     kwargs = {name: getattr(req, name) for name in kind.fields
               if name not in kind.image_fields and getattr(req, name) is not None}
     kwargs.update(_decode_images(req, kind.image_fields))
@@ -551,19 +545,19 @@ def generation_processing(req: BaseModel, kind: GenerationKind, opts: Mapping[st
     kwargs["outpath_grids"] = opts[f"outdir_{kind.name}_grids"]
     p = kind.processing(**kwargs)
     p.validate()
+    runner = ctx.scripts.runner_for(p)
+    runner.bind(p, runner.script_args(req.script_name, req.script_args or [], req.alwayson_scripts))
     return req, p
 
 
-def txt2img_processing(req: BaseModel, opts: Mapping[str, Any],
-                       registry: CheckpointRegistry) -> tuple[BaseModel, StableDiffusionProcessing]:
+def txt2img_processing(req: BaseModel, ctx: AppContext) -> tuple[BaseModel, StableDiffusionProcessing]:
     """generation_processing for a txt2img request."""
-    return generation_processing(req, TXT2IMG, opts, registry)
+    return generation_processing(req, TXT2IMG, ctx)
 
 
-def img2img_processing(req: BaseModel, opts: Mapping[str, Any],
-                       registry: CheckpointRegistry) -> tuple[BaseModel, StableDiffusionProcessing]:
+def img2img_processing(req: BaseModel, ctx: AppContext) -> tuple[BaseModel, StableDiffusionProcessing]:
     """generation_processing for an img2img request."""
-    return generation_processing(req, IMG2IMG, opts, registry)
+    return generation_processing(req, IMG2IMG, ctx)
 
 
 def generation_response(req: BaseModel, processed: Processed, opts: Mapping[str, Any]) -> TextToImageResponse:

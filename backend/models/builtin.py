@@ -1,8 +1,17 @@
-"""The built-in default model: a small SD1-architecture checkpoint built by our own code.
+"""The built-in models: two small SD1-architecture checkpoints made by our own code, no download.
 
-It lets the app generate out of the box without downloading anything. It is a normal single-file
-checkpoint in the original (ldm) layout, written to `models/Stable-diffusion/`, and goes through the
-same loader as any user file. Building is separate from loading: nothing here is used at load time.
+- The shipped, trained model (`SHAPES_MODEL_FILENAME`, in `weights/`): a 64x64 model trained by
+  `python -m backend.training.builtin` on the procedural shapes of `backend.training.shapes`, so it
+  draws what it is asked ("a red circle on a blue background"). `ensure_default_model` copies it into
+  `models/Stable-diffusion/` when that folder holds no checkpoint (as A1111 fetches SD1.5 only when no
+  model is found), and it is the default of `./webui.sh`.
+- The random-weight model (`DEFAULT_MODEL_FILENAME`, built by `build_default_model`): tiny, built in
+  a second and byte-identical on every build; the test fixtures use it for structural tests.
+
+Both are normal single-file checkpoints in the original (ldm) layout and go through the same loader as
+any user file. Building is separate from loading: nothing here is used at load time.
+
+The rest of this docstring describes the random-weight model.
 
 Architecture (SD1 family rules, see `families`): UNet with block widths (32, 64), one resnet per level,
 attention at the first level and in the middle block (SD1 has none at its deepest level either), 8
@@ -20,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -36,7 +46,10 @@ from backend.models.families import (
 )
 from backend.models.ldm_export import export_ldm_state_dict
 
-DEFAULT_MODEL_FILENAME = "sd-tiny-builtin.safetensors"
+DEFAULT_MODEL_FILENAME = "sd-tiny-builtin.safetensors"  # the random-weight test model
+SHAPES_MODEL_FILENAME = "sd-shapes-64.safetensors"  # the trained, shipped default model
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / SHAPES_MODEL_FILENAME
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 CHECKPOINT_SUBDIR = "Stable-diffusion"
 BUILDER_VERSION = "1"
 METADATA_KEY = "sdwebui.builtin"
@@ -109,8 +122,37 @@ def build_default_model(path: Path, *, seed: int = 0) -> Path:
     return path
 
 
-def ensure_default_model(models_dir: Path) -> Path:
-    """`models_dir/Stable-diffusion/sd-tiny-builtin.safetensors`, built first if it is missing."""
+def has_checkpoint(folder: Path) -> bool:
+    """Whether `folder` (searched recursively) holds a checkpoint file or a diffusers model folder."""
+    return folder.is_dir() and any(
+        (path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES) or path.name == "model_index.json"
+        for path in folder.rglob("*"))
+
+
+def ensure_default_model(models_dir: Path) -> Path | None:
+    """Copy the shipped trained model to `models_dir/Stable-diffusion/` when that folder holds no
+    checkpoint; returns its path there, or None when the folder already had models. Without the shipped
+    file (a checkout without it) the random model is built instead, so the app still starts."""
+    folder = models_dir / CHECKPOINT_SUBDIR
+    path = folder / SHAPES_MODEL_FILENAME
+    if path.is_file():
+        return path
+    if has_checkpoint(folder):
+        return None
+    if not SHIPPED_WEIGHTS.is_file():
+        return ensure_random_model(models_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(SHIPPED_WEIGHTS, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def ensure_random_model(models_dir: Path) -> Path:
+    """`models_dir/Stable-diffusion/sd-tiny-builtin.safetensors` (the random test model), built if missing."""
     path = models_dir / CHECKPOINT_SUBDIR / DEFAULT_MODEL_FILENAME
     if not path.is_file():
         build_default_model(path)

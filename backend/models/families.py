@@ -170,6 +170,23 @@ def family_by_name(name: str) -> Family:
     raise ModelLoadError(f"unknown model family {name!r}; known: {', '.join(f.name for f in FAMILIES)}")
 
 
+# ModelSpec's metadata key (Stability's model card format, also written by kohya's sd-scripts): "WxH".
+RESOLUTION_METADATA_KEY = "modelspec.resolution"
+
+
+def native_resolution(family: Family, metadata: Mapping[str, Any] | None = None) -> tuple[int, int]:
+    """(width, height) a checkpoint was trained at: its `modelspec.resolution` metadata when that is a
+    valid size, else the family's (1024 SDXL, 768 SD2 v-prediction, 512 SD1/SD2)."""
+    value = str((metadata or {}).get(RESOLUTION_METADATA_KEY, ""))
+    width, _, height = value.lower().partition("x")
+    if width.strip().isdigit() and height.strip().isdigit():
+        size = int(width), int(height)
+        if all(64 <= side <= 16384 and side % 8 == 0 for side in size):
+            return size
+    side = 1024 if family.is_sdxl else 768 if family.prediction_type == "v_prediction" else 512
+    return side, side
+
+
 def describe_keys(shapes: Shapes) -> str:
     """A short human summary of a state dict: key count, top-level prefixes, UNet input channels."""
     prefixes = Counter(".".join(key.split(".")[:2]) if key.count(".") >= 2 else key.split(".")[0]

@@ -90,7 +90,8 @@ class LoadedModel:
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """The tensors of a single-file checkpoint on the CPU, unwrapped from a `state_dict` key if present.
 
-    `.ckpt`/`.pt` files are unpickled with `weights_only=True`; a pickle that needs other objects is
+    `.ckpt`/`.pt` (and `.pth`/`.bin`, as ControlNet and annotator weights are named) files are unpickled
+    with `weights_only=True`; a pickle that needs other objects is
     refused (A1111's --disable-safe-unpickle has no equivalent here).
     """
     suffix = path.suffix.lower()
@@ -101,7 +102,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             raw: Any = load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises its own SafetensorError and OSError types
             raise ModelLoadError(f"{path.name}: cannot read safetensors file ({exc})") from exc
-    elif suffix in (".ckpt", ".pt"):
+    elif suffix in (".ckpt", ".pt", ".pth", ".bin"):  # the same torch pickle format under other names
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:

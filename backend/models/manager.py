@@ -24,10 +24,13 @@ class ModelManager:
     """Loads, switches and unloads checkpoints; thread-safe."""
 
     def __init__(self, registry: CheckpointRegistry, devices: DevicePolicy, cache_dir: Path, limit: int = 1,
-                 on_unload: Callable[[LoadedModel], None] | None = None) -> None:
+                 on_unload: Callable[[LoadedModel], None] | None = None,
+                 on_load: Callable[[LoadedModel], None] | None = None) -> None:
         self.registry = registry
         # Called before a model is dropped (the networks layer forgets its weight backups).
         self.on_unload = on_unload
+        # Called after a model was loaded (extensions' on_model_loaded).
+        self.on_load = on_load
         self.devices = devices
         self.cache_dir = cache_dir
         self.limit = max(1, limit)
@@ -66,6 +69,8 @@ class ModelManager:
                 model = load_checkpoint(key, device=self.devices.device, dtype=self.devices.dtype,
                                         vae_dtype=self.devices.vae_dtype, cache_dir=self.cache_dir)
                 self._loaded[key] = (info, model)
+                if self.on_load is not None:
+                    self.on_load(model)
             self._current = info
             return self._loaded[key]
 

@@ -1,5 +1,6 @@
-"""LoRA and LyCORIS networks: discovery and browsing (`registry`), key mapping (`keys`), the weight math
-(`lora`), exact in-place patching (`patcher`) and activation from prompt tags (`manager`).
+"""LoRA and LyCORIS networks: discovery (`registry`), the Lora page's cards (`cards`), key mapping
+(`keys`), the weight math (`lora`), exact in-place patching (`patcher`) and activation from prompt tags
+(`manager`).
 
 Importing this package has no side effects: nothing is scanned or loaded until a registry or manager
 is used.

@@ -28,11 +28,10 @@ from backend.errors import InvalidRequest, ModelLoadError
 from backend.networks.keys import TEXT_ENCODER, TEXT_ENCODER_2, ModuleIndex, Target
 from backend.networks.lora import NetworkModule, ParsedNetwork, compute_delta, parse_network, read_network_file
 from backend.networks.patcher import WeightPatcher
-from backend.networks.registry import NetworkInfo, NetworkRegistry
+from backend.networks.registry import FAMILY_TITLES, NetworkInfo, NetworkRegistry
 
 logger = logging.getLogger(__name__)
 
-FAMILY_TITLES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 # Extra-network tag names handled here; `<lyco:...>` is A1111's alias of `<lora:...>`.
 TAG_NAMES = ("lora", "lyco")
 

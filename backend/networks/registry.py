@@ -9,7 +9,9 @@ Discovery follows A1111 (extensions-builtin/Lora/networks.py, network.py, module
 - hash = `sshs_model_hash` from the metadata, else the kohya "addnet" sha256 of the safetensors payload
   (full-file sha256 for `.pt`/`.ckpt`); the first 12 hex digits go to the "Lora hashes" infotext;
 - next to `<stem>.<ext>`: user metadata `<stem>.json`, description `<stem>.txt` or `<stem>.description.txt`,
-  preview `<stem>.<png|jpg|jpeg|webp|gif>` or `<stem>.preview.<ext>` (checked in that order, per extension).
+  preview `<stem>.<png|jpg|jpeg|webp|gif>` or `<stem>.preview.<ext>` (checked in that order, per extension);
+- family: the file's metadata (kohya `ss_base_model_version`/`ss_v2`, ModelSpec architecture), else its tensor
+  shapes, else the name of the checkpoint it was trained on, else SD1 for any kohya metadata (A1111's rule).
 
 Listing is fast for thousands of files: one directory walk, the side files found in the walk's own file
 lists, only the JSON header of safetensors files read (never tensors, never a hash), and entries reused
@@ -49,6 +51,14 @@ _METADATA_ORDER = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 3,
                    "ss_tag_frequency": 20}
 _MAX_HEADER = 100_000_000
 _USER_SD_VERSIONS = {"SD1": "sd1", "SD2": "sd2", "SDXL": "sdxl"}
+FAMILY_TITLES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+# Base-checkpoint names kohya records in ss_sd_model_name ("sd_xl_base_1.0.safetensors", "ponyDiffusionV6XL",
+# "v2-1_768-ema-pruned.ckpt", "runwayml/stable-diffusion-v1-5"), in the order they are tried.
+_MODEL_NAME_FAMILIES = (
+    (re.compile(r"sd_?xl|(^|[^a-z])xl|xl([^a-z]|$)", re.IGNORECASE), "sdxl"),
+    (re.compile(r"v2[-_.]?[01]|stable-diffusion-2|sd_?2[01]|768-v", re.IGNORECASE), "sd2"),
+    (re.compile(r"v1[-_.]?[45]|stable-diffusion-v1|sd_?1[45]", re.IGNORECASE), "sd1"),
+)
 # Width of the text fed to cross-attention (to_k/to_v inputs) and of the first text encoder, per family.
 _CONTEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _TEXT_WIDTHS = {768: "sd1", 1024: "sd2"}
@@ -95,6 +105,12 @@ def family_from_metadata(metadata: dict[str, Any]) -> str | None:
         if architecture.startswith(prefix):
             return family
     return None
+
+
+def family_from_model_name(metadata: dict[str, Any]) -> str | None:
+    """A family guess from the name of the checkpoint the network was trained on (`ss_sd_model_name`)."""
+    name = str(metadata.get("ss_sd_model_name", ""))
+    return next((family for pattern, family in _MODEL_NAME_FAMILIES if name and pattern.search(name)), None)
 
 
 def family_from_shapes(shapes: dict[str, tuple[int, ...]]) -> str | None:
@@ -309,37 +325,23 @@ class NetworkRegistry:
         with self._lock:
             info.user_metadata = dict(data)
 
-    def preview_path(self, name_or_path: str | Path) -> Path | None:
-        """A preview image to serve, or None.
-
-        Given a network name or alias, its preview file. Given a file path (as a thumbnail URL carries
-        it), the file only if it is an existing image inside one of the network folders, after resolving
-        symlinks and '..'; anything else is refused with None.
-        """
-        if isinstance(name_or_path, str):
-            info = self.find(name_or_path)
-            if info is not None:
-                return info.preview
-        candidate = Path(name_or_path)
-        if candidate.suffix.lower().lstrip(".") not in PREVIEW_EXTENSIONS:
-            return None
-        try:
-            resolved = candidate.resolve(strict=True)
-        except (OSError, RuntimeError):
-            return None
-        if not resolved.is_file():
-            return None
-        for root in self.dirs:
-            if resolved.is_relative_to(root.resolve()):
-                return resolved
-        return None
-
     def replace_preview(self, info: NetworkInfo, image: Any, samples_format: str = "png") -> Path:
-        """Save a PIL image as the card's preview `<stem>.<samples_format>` ("Replace preview")."""
+        """Save a PIL image as the card's preview ("Replace preview") and return the file written.
+
+        A1111 writes `<stem>.<samples_format>`. An existing still preview (`<stem>.png`, `<stem>.preview.jpg`,
+        ...) is overwritten in its own format instead, so the new picture is the one the card shows and no
+        stale preview is left to win the lookup; a GIF preview comes last in the lookup and stays.
+        """
         fmt = samples_format.lower().lstrip(".")
         if fmt not in PREVIEW_EXTENSIONS:
             raise InvalidRequest("samples_format", f"preview format must be one of {PREVIEW_EXTENSIONS}, got {fmt!r}")
-        target = info.path.with_name(f"{info.name}.{fmt}")
+        current = info.preview
+        if current is not None and current.is_file() and current.suffix.lower() != ".gif":
+            target = current
+        else:
+            target = info.path.with_name(f"{info.name}.{fmt}")
+        if target.suffix.lower() in (".jpg", ".jpeg") and image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")  # JPEG has no alpha
         image.save(target)
         with self._lock:
             info.preview = target
@@ -402,7 +404,7 @@ class NetworkRegistry:
         declared = family_from_metadata(metadata)
         # A1111 calls any network with (kohya) metadata SD1 when nothing says otherwise.
         kohya_default = "sd1" if any(key.startswith("ss_") for key in metadata) else None
-        family = declared or family_from_shapes(shapes) or kohya_default
+        family = declared or family_from_shapes(shapes) or family_from_model_name(metadata) or kohya_default
         sshs = metadata.get("sshs_model_hash")
         info = NetworkInfo(name=name, path=path, root=root, alias=alias if isinstance(alias, str) and alias else name,
                            metadata=metadata, mtime=stat.st_mtime, size=stat.st_size, file_family=family,

@@ -33,6 +33,7 @@ import piexif.helper
 from PIL import Image, ImageColor
 from PIL.PngImagePlugin import PngInfo
 
+from backend.callbacks import CallbackRegistry, ImageSaveParams
 from backend.errors import InvalidRequest
 from backend.postprocess.infotext import novelai_infotext
 
@@ -425,6 +426,7 @@ def save_image(
     forced_filename: str | None = None,
     save_to_dirs: bool | None = None,
     filename_generator: FilenameGenerator | None = None,
+    callbacks: CallbackRegistry | None = None,
 ) -> tuple[Path, Path | None]:
     """Save `image` under `path` with A1111's naming and metadata; return (image path, txt path or None).
 
@@ -433,7 +435,8 @@ def save_image(
     save_to_dirs applies. `info` is written under `pnginfo_section_name`, next to the
     `existing_info` items (the Extras tab writes "extras" and keeps "parameters").
     Pass `filename_generator` to supply styles, the clock or the scheduler lookup;
-    by default one is built from p, seed, prompt and the image.
+    by default one is built from p, seed, prompt and the image. `callbacks` get
+    on_before_image_saved (may change image, file name and metadata) and on_image_saved.
     """
     options = {**DEFAULT_SAVE_OPTIONS, **opts}
     namegen = filename_generator or FilenameGenerator(
@@ -467,10 +470,20 @@ def save_image(
     items = dict(existing_info or {})
     if info is not None:
         items[pnginfo_section_name] = info
+    params = ImageSaveParams(image, p, str(directory / f"{stem}.{extension}"), items)
+    if callbacks is not None:
+        callbacks.fire("before_image_saved", params)
+        image, items = params.image, params.pnginfo
+        target = Path(params.filename)
+        directory, stem, extension = target.parent, target.stem, target.suffix.lstrip(".") or extension
+        directory.mkdir(parents=True, exist_ok=True)
     data = _encode(image, extension, items, pnginfo_section_name, options)
     replace = options["save_images_replace_action"] == "Replace"
     final_stem = _write_atomically(data, directory / stem, f".{extension}", replace)
     image_path = final_stem.with_name(f"{final_stem.name}.{extension}")
+    if callbacks is not None:
+        params.filename = str(image_path)
+        callbacks.fire("image_saved", params)
 
     # 4. A JPEG copy of very large images, for sites with upload limits.
     _export_small_copy(image, image_path, final_stem, items, pnginfo_section_name, replace, options)

@@ -155,6 +155,26 @@ def format_infotext(
     return f"{prompt}{negative_line}\n{pairs}".strip()
 
 
+def add_extra_params(infotext: str, extra: Mapping[str, object]) -> str:
+    """`infotext` with more extra generation parameters, where `format_infotext` puts extras: after
+    the ones already there, before Version and User. None values are left out.
+
+    Scripts use this to describe a result built from generated images (A1111's X/Y/Z plot grid
+    infotext is the first cell's plus "Script", "X Type", "X Values"...).
+    """
+    pairs = ", ".join(f"{key}: {quote(value)}" for key, value in extra.items() if value is not None)
+    if not pairs:
+        return infotext
+    head, newline, last = infotext.rpartition("\n")
+    # Version and User close the line; the extras go before the first of them that is present.
+    cut = next((at for key in _KEYS_AFTER_EXTRAS if (at := last.rfind(f", {key}: ")) >= 0), -1)
+    if cut >= 0:
+        last = f"{last[:cut]}, {pairs}{last[cut:]}"
+    else:
+        last = f"{last}, {pairs}" if last else pairs
+    return f"{head}{newline}{last}"
+
+
 def parse_infotext(
     text: str,
     *,

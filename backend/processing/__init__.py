@@ -4,7 +4,7 @@
 (model and conditioning resolution, one sampling pass, decode, infotext, saving),
 `txt2img` and `img2img` the two recipes, `pipeline` the process_images loop.
 """
-from backend.processing.core import ProcessingContext, ScriptRunner, decode_latents, tensor_to_image
+from backend.processing.core import ProcessingContext, ScriptHooks, UnetCall, decode_latents, tensor_to_image
 from backend.processing.objects import (
     Processed,
     StableDiffusionProcessing,
@@ -16,7 +16,8 @@ from backend.processing.pipeline import process_images
 __all__ = [
     "Processed",
     "ProcessingContext",
-    "ScriptRunner",
+    "ScriptHooks",
+    "UnetCall",
     "StableDiffusionProcessing",
     "StableDiffusionProcessingImg2Img",
     "StableDiffusionProcessingTxt2Img",

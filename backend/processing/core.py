@@ -20,10 +20,12 @@ from PIL import Image
 from torch import Tensor
 
 from backend import version
+from backend.callbacks import CallbackRegistry
 from backend.config import Options
 from backend.devices import DevicePolicy
 from backend.errors import Interrupted, InvalidRequest, ModelNotFound
 from backend.jobs.progress import JobState
+from backend.models.families import native_resolution
 from backend.models.loader import LoadedModel
 from backend.models.manager import ModelManager
 from backend.models.registry import CheckpointInfo
@@ -34,6 +36,7 @@ from backend.postprocess.face_restore import FaceRestorerRegistry
 from backend.postprocess.upscalers import UpscalerRegistry, resize_to
 from backend.processing.objects import Processed, StableDiffusionProcessing
 from backend.prompts import parser
+from backend.prompts.styles import StyleDatabase
 from backend.prompts.conditioning import (
     ConditioningCache,
     EncodeSettings,
@@ -47,7 +50,7 @@ from backend.prompts.conditioning import (
 )
 from backend.sampling import noise as rng_mod
 from backend.sampling import registry as samplers
-from backend.sampling.denoiser import CFGDenoiser, DiscreteDenoiser, StepInfo
+from backend.sampling.denoiser import CFGDenoiser, DiscreteDenoiser, RowLayout, StepInfo
 from backend.sampling.schedules import DiscreteSchedule
 
 log = logging.getLogger(__name__)
@@ -57,16 +60,41 @@ log = logging.getLogger(__name__)
 # The context process_images needs
 # ---------------------------------------------------------------------------
 
-class ScriptRunner(Protocol):
-    """Hook points process_images calls (the script system implements this)."""
+class ScriptHooks(Protocol):
+    """Hook points process_images calls on `p.scripts` (backend.scripts.ScriptRunner implements this)."""
 
     def before_process(self, p: StableDiffusionProcessing) -> None: ...
     def process(self, p: StableDiffusionProcessing) -> None: ...
     def before_process_batch(self, p: StableDiffusionProcessing, batch_number: int) -> None: ...
+    def after_extra_networks_activate(self, p: StableDiffusionProcessing, batch_number: int) -> None: ...
     def process_batch(self, p: StableDiffusionProcessing, batch_number: int) -> None: ...
     def postprocess_batch(self, p: StableDiffusionProcessing, images: Tensor, batch_number: int) -> None: ...
-    def postprocess_image(self, p: StableDiffusionProcessing, image: Image.Image) -> Image.Image | None: ...
+    def postprocess_batch_list(self, p: StableDiffusionProcessing, images: list[Image.Image],
+                               batch_number: int) -> list[Image.Image]: ...
+    def postprocess_image(self, p: StableDiffusionProcessing, image: Image.Image) -> Image.Image: ...
+    def before_hr(self, p: StableDiffusionProcessing) -> None: ...
     def postprocess(self, p: StableDiffusionProcessing, processed: Processed) -> None: ...
+
+
+@dataclass
+class UnetCall:
+    """One UNet call as `p.unet_hooks` see it; a hook adds keyword arguments for the diffusers UNet
+    to `kwargs` (ControlNet: down_block_additional_residuals, mid_block_additional_residual).
+
+    `x` is the scaled latent input (without inpainting channels), `rows` says which image and
+    which half of guidance each row is, `step`/`total_steps` count denoiser calls.
+    """
+
+    x: Tensor
+    t: Tensor
+    crossattn: Tensor
+    added_cond_kwargs: dict[str, Tensor] | None
+    rows: RowLayout
+    step: int
+    total_steps: int
+    width: int
+    height: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,11 +106,14 @@ class ProcessingContext:
     devices: DevicePolicy
     data_dir: Path
     state: JobState = field(default_factory=JobState)
-    scripts: ScriptRunner | None = None
+    callbacks: CallbackRegistry | None = None
+    models_dir: Path | None = None  # the user's model folders (extensions find their own models there)
     write_params_txt: bool = True
     upscalers: UpscalerRegistry | None = None
     face_restorers: FaceRestorerRegistry | None = None
     networks: NetworkManager | None = None
+    # The prompt styles `p.styles` names (styles.csv); none by default.
+    styles: StyleDatabase = field(default_factory=StyleDatabase)
 
 
 # ---------------------------------------------------------------------------
@@ -117,6 +148,11 @@ def resolve_run(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapp
     p.scheduler = scheduler.label
 
     run = load_run(ctx, opts, opts.get("sd_model_checkpoint"), sampler, scheduler)
+    if p.width is None or p.height is None:
+        native_width, native_height = native_resolution(run.model.family, run.checkpoint.metadata)
+        p.width = native_width if p.width is None else p.width
+        p.height = native_height if p.height is None else p.height
+    p.sd_model = run.model
     p.sd_model_name = run.checkpoint.model_name
     p.sd_model_hash = run.checkpoint.shorthash
     p.clip_skip = run.encode.clip_skip
@@ -171,10 +207,19 @@ def encoder_specs(model: LoadedModel, opts: Mapping[str, Any]) -> list[EncoderSp
     return [EncoderSpec(model.text_encoder, model.tokenizer)]
 
 
-def setup_prompts_and_seeds(p: StableDiffusionProcessing, opts: Mapping[str, Any]) -> None:
+def setup_prompts_and_seeds(p: StableDiffusionProcessing, opts: Mapping[str, Any],
+                            styles: StyleDatabase | None = None) -> None:
     total = p.batch_size * p.n_iter
     prompts = p.prompt if isinstance(p.prompt, list) else [p.prompt] * total
     negatives = p.negative_prompt if isinstance(p.negative_prompt, list) else [p.negative_prompt] * total
+    if styles is not None and p.styles:
+        # A1111's setup_prompts: every prompt gets the styles, so infotexts hold the styled prompt.
+        # Unknown names are skipped, as in A1111 (only logged here).
+        unknown = [name for name in p.styles if styles.get(name) is None]
+        if unknown:
+            log.warning("unknown prompt styles ignored: %s", ", ".join(unknown))
+        prompts = [styles.apply_styles_to_prompt(x, p.styles) for x in prompts]
+        negatives = [styles.apply_negative_styles_to_prompt(x, p.styles) for x in negatives]
     if opts["enable_prompt_comments"]:
         prompts = [parser.strip_comments(x) for x in prompts]
         negatives = [parser.strip_comments(x) for x in negatives]
@@ -242,7 +287,9 @@ def sample_pass(p: StableDiffusionProcessing, ctx: ProcessingContext, run: Run, 
     model, opts, device = run.model, run.opts, ctx.devices.device
     schedule = DiscreteSchedule(model.alphas_cumprod.to(device))
     noise = _noise_sampler(ps.sampler, opts, rng, x, brownian_sigmas, p.seeds)
-    model_fn = unet_function(model, ps.width, ps.height, opts, ctx.devices)
+    hooks = list(p.unet_hooks)
+    model_fn = unet_function(model, ps.width, ps.height, opts, ctx.devices,
+                             hooks=hooks, denoiser=lambda: denoiser)
     inner = DiscreteDenoiser(model_fn, samplers.model_schedule(ps.sampler, schedule), model.prediction_type)
     c, uc = ps.conds.c, ps.conds.uc
 
@@ -263,7 +310,7 @@ def sample_pass(p: StableDiffusionProcessing, ctx: ProcessingContext, run: Run, 
     denoiser = CFGDenoiser(inner, cond_fn, uncond_fn, cfg_scale, total_steps=ps.steps * step_multiplier,
                            batch_cond_uncond=bool(opts["batch_cond_uncond"]), s_min_uncond=s_min_uncond,
                            skip_early_cond=float(opts["skip_early_cond"]), image_cond=ps.image_cond,
-                           after_cfg=after_cfg)
+                           after_cfg=after_cfg, callbacks=ctx.callbacks)
     eta = p.eta
     if eta is None:
         eta = float(opts["eta_ddim"] if ps.sampler.options.needs_schedule else opts["eta_ancestral"])
@@ -293,25 +340,42 @@ def sample_pass(p: StableDiffusionProcessing, ctx: ProcessingContext, run: Run, 
                                     schedule=schedule, params=params, txt2img_steps=txt2img_steps)
 
 
-def activate_networks(p: StableDiffusionProcessing, ctx: ProcessingContext, run: Run) -> None:
+def activate_networks(p: StableDiffusionProcessing, ctx: ProcessingContext, run: Run,
+                      tags: Mapping[str, list[parser.ExtraNetworkParams]] | None = None, *,
+                      hires: bool = False) -> None:
     """Patch the batch's LoRA/LyCORIS networks into the model (restoring the previous set first).
 
     Called for every batch, also without tags, so weights patched by an earlier job are put back.
+    `tags` default to the batch's (`p.extra_network_data`); the hires pass gives its own prompt's with
+    `hires=True`, and its "Lora hashes" join the first pass's, as in A1111.
     A missing or unfitting network is noted in the result, never fatal (A1111).
     """
     if ctx.networks is None:
         return
-    tags = {} if p.disable_extra_networks else p.extra_network_data
+    tags = {} if p.disable_extra_networks else (p.extra_network_data if tags is None else tags)
     requests = requests_from_prompt_params(list(tags.get("lora", [])) + list(tags.get("lyco", [])))
     ctx.networks.memory_limit = int(run.opts["lora_in_memory_limit"])
     result = ctx.networks.activate(run.model, requests)
     if result.not_found_comment:
-        p.comments["lora not found"] = result.not_found_comment
+        p.comments["lora not found (hires)" if hires else "lora not found"] = result.not_found_comment
     for error in result.errors:
         p.comments[f"lora error {error}"] = error
     hashes = result.lora_hashes()
     if hashes and run.opts["lora_add_hashes_to_infotext"]:
+        if hires:
+            hashes = _joined_lora_hashes(p.extra_generation_params.get("Lora hashes"), hashes)
         p.extra_generation_params["Lora hashes"] = hashes
+
+
+def _joined_lora_hashes(first: str | None, second: str) -> str:
+    """Two "Lora hashes" values as one, each name once (names carry no ',' or ':')."""
+    entries: dict[str, str] = {}
+    for text in (first or "", second):
+        for item in text.split(","):
+            name, sep, value = item.partition(":")
+            if sep:
+                entries[name.strip()] = value.strip()
+    return ", ".join(f"{name}: {value}" for name, value in entries.items())
 
 
 def restore_faces(ctx: ProcessingContext, run: Run, image: Image.Image) -> Image.Image:
@@ -368,9 +432,11 @@ def _noise_sampler(sampler: samplers.SamplerSpec, opts: Mapping[str, Any], rng: 
     return rng_mod.rng_noise_sampler(rng)
 
 
-def unet_function(model: LoadedModel, width: int, height: int, opts: Mapping[str, Any],
-                  devices: DevicePolicy) -> Callable[[Tensor, Tensor, Tensor, Tensor | None, Tensor | None], Tensor]:
-    """The network call the denoiser makes: extra inputs (SDXL sizes, inpaint channels) added here."""
+def unet_function(model: LoadedModel, width: int, height: int, opts: Mapping[str, Any], devices: DevicePolicy, *,
+                  hooks: list[Callable[[UnetCall], None]] | None = None, denoiser: Callable[[], CFGDenoiser] | None = None,
+                  ) -> Callable[[Tensor, Tensor, Tensor, Tensor | None, Tensor | None], Tensor]:
+    """The network call the denoiser makes: extra inputs (SDXL sizes, inpaint channels) added here,
+    and whatever `hooks` (from extensions) add; `denoiser` gives the running CFGDenoiser's row layout."""
     unet, dtype = model.unet, devices.dtype
     time_ids = None
     if model.is_sdxl:
@@ -383,8 +449,16 @@ def unet_function(model: LoadedModel, width: int, height: int, opts: Mapping[str
         added = None
         if time_ids is not None:
             added = {"text_embeds": pooled.to(dtype), "time_ids": time_ids.expand(x.shape[0], -1)}
+        extra: dict[str, Any] = {}
+        if hooks:
+            cfg = denoiser() if denoiser is not None else None
+            call = UnetCall(x, t, crossattn, added, cfg.rows if cfg else RowLayout([], []),
+                            cfg.step if cfg else 0, cfg.total_steps if cfg else 0, width, height)
+            for hook in hooks:
+                hook(call)
+            extra = call.kwargs
         out = unet(inp.to(dtype), t.to(torch.float32), encoder_hidden_states=crossattn.to(dtype),
-                   added_cond_kwargs=added, return_dict=False)[0]
+                   added_cond_kwargs=added, return_dict=False, **extra)[0]
         return out.float()
 
     return call

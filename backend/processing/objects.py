@@ -43,8 +43,9 @@ class StableDiffusionProcessing:
     n_iter: int = 1
     steps: int = 50
     cfg_scale: float = 7.0
-    width: int = 512
-    height: int = 512
+    # None: the checkpoint's native size (metadata or family), filled in when the model is resolved.
+    width: int | None = None
+    height: int | None = None
     restore_faces: bool | None = None
     tiling: bool | None = None
     do_not_save_samples: bool = False
@@ -87,6 +88,15 @@ class StableDiffusionProcessing:
     clip_skip: int = field(default=1, init=False)
     is_using_inpainting_conditioning: bool = field(default=False, init=False)
     extra_network_data: dict[str, list[parser.ExtraNetworkParams]] = field(default_factory=dict, init=False)
+    # The script system: the tab's runner and this request's script_args (A1111's p.scripts / p.script_args).
+    scripts: Any = field(default=None, init=False)
+    script_args: tuple[Any, ...] = field(default=(), init=False)
+    # The job's ProcessingContext, so scripts can call process_images(p) on copies of p.
+    context: Any = field(default=None, init=False)
+    # The loaded model of this job (A1111's p.sd_model), set once the model is resolved.
+    sd_model: Any = field(default=None, init=False)
+    # Called inside every UNet call with a UnetCall (ControlNet adds its residuals here).
+    unet_hooks: list[Any] = field(default_factory=list, init=False)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(prompt={self.prompt!r}, seed={self.seed!r}, steps={self.steps})"
@@ -100,12 +110,12 @@ class StableDiffusionProcessing:
         _check_int("steps", self.steps, 1, 1000)
         _check_int("batch_size", self.batch_size, 1, 64)
         _check_int("n_iter", self.n_iter, 1, MAX_BATCH_IMAGES)
-        _check_int("width", self.width, 64, MAX_SIDE)
-        _check_int("height", self.height, 64, MAX_SIDE)
-        if self.width % 8:
-            raise InvalidRequest("width", f"must be a multiple of 8, got {self.width}")
-        if self.height % 8:
-            raise InvalidRequest("height", f"must be a multiple of 8, got {self.height}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_int(name, value, 64, MAX_SIDE)
+                if value % 8:
+                    raise InvalidRequest(name, f"must be a multiple of 8, got {value}")
         if not isinstance(self.cfg_scale, (int, float)) or not np.isfinite(self.cfg_scale):
             raise InvalidRequest("cfg_scale", f"must be a number, got {self.cfg_scale!r}")
         if not 0 <= float(self.subseed_strength) <= 1:

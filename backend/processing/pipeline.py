@@ -19,6 +19,7 @@ from backend.postprocess import images as image_io
 from backend.networks import TAG_NAMES as NETWORK_TAGS
 from backend.processing.core import (
     ProcessingContext,
+    ScriptHooks,
     activate_networks,
     create_infotext,
     decode_latents,
@@ -47,8 +48,9 @@ def process_images(p: StableDiffusionProcessing, ctx: ProcessingContext) -> Proc
     """Generate what `p` asks for."""
     # 1. Check inputs before any work.
     p.validate()
-    if ctx.scripts is not None:
-        ctx.scripts.before_process(p)
+    p.context = ctx
+    if p.scripts is not None:
+        p.scripts.before_process(p)
     # 2. Per-request settings: overrides seen only by this request.
     opts = ctx.options.with_overrides(p.override_settings)
     try:
@@ -63,7 +65,7 @@ def process_images(p: StableDiffusionProcessing, ctx: ProcessingContext) -> Proc
 def _process(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapping[str, Any]) -> Processed:
     # 3-4. Model, sampler, prompts, seeds.
     run = resolve_run(p, ctx, opts)
-    setup_prompts_and_seeds(p, opts)
+    setup_prompts_and_seeds(p, opts, ctx.styles)
     # 5. Mode init.
     mode: Txt2ImgMode | Img2ImgMode
     if isinstance(p, StableDiffusionProcessingImg2Img):
@@ -73,8 +75,9 @@ def _process(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapping
     else:
         raise InvalidRequest("p", "use StableDiffusionProcessingTxt2Img or StableDiffusionProcessingImg2Img")
     mode.init()
-    if ctx.scripts is not None:
-        ctx.scripts.process(p)
+    scripts: ScriptHooks | None = p.scripts
+    if scripts is not None:
+        scripts.process(p)
 
     state = ctx.state
     state.begin(mode.kind, p.n_iter * mode.jobs_per_batch)
@@ -92,8 +95,8 @@ def _process(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapping
         p.prompts, p.negative_prompts = p.all_prompts[lo:hi], p.all_negative_prompts[lo:hi]
         p.seeds, p.subseeds = p.all_seeds[lo:hi], p.all_subseeds[lo:hi]
 
-        if ctx.scripts is not None:
-            ctx.scripts.before_process_batch(p, n)
+        if scripts is not None:
+            scripts.before_process_batch(p, n)
         # Extra-network tags are stripped from what CLIP sees; the first prompt decides
         # which networks are active (A1111). The networks layer comes with LoRA support.
         stripped, p.extra_network_data = parser.parse_extra_networks_for_prompts(p.prompts)
@@ -102,8 +105,9 @@ def _process(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapping
             if name not in NETWORK_TAGS:
                 log.warning("extra network %r is not available; ignored", name)
         activate_networks(p, ctx, run)
-        if ctx.scripts is not None:
-            ctx.scripts.process_batch(p, n)
+        if scripts is not None:
+            scripts.after_extra_networks_activate(p, n)
+            scripts.process_batch(p, n)
 
         if n == 0 and ctx.write_params_txt:
             write_text(ctx.data_dir / "params.txt",
@@ -123,23 +127,24 @@ def _process(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapping
                 continue
 
         decoded = decode_latents(mode.decode_run.model, latents, ctx.devices)
-        if ctx.scripts is not None:
-            ctx.scripts.postprocess_batch(p, decoded, n)
+        batch_images = [tensor_to_image(decoded[i]) for i in range(decoded.shape[0])]
+        if scripts is not None:
+            scripts.postprocess_batch(p, decoded, n)
+            batch_images = scripts.postprocess_batch_list(p, batch_images, n)
 
-        for i in range(decoded.shape[0]):
+        for i, image in enumerate(batch_images):
             p.batch_index = i
-            image = tensor_to_image(decoded[i])
             if p.restore_faces:
                 image = restore_faces(ctx, run, image)
-            if ctx.scripts is not None:
-                image = ctx.scripts.postprocess_image(p, image) or image
+            if scripts is not None:
+                image = scripts.postprocess_image(p, image)
             if isinstance(mode, Img2ImgMode):
                 image = mode.postprocess_image(i, image)
             text = create_infotext(p, run, p.all_prompts, p.all_seeds, p.all_subseeds, n, i)
             if run.opts["samples_save"] and not p.do_not_save_samples:
                 path, _ = image_io.save_image(
                     image, outdir(p, ctx, run.opts, grid=False), "", seed=p.seeds[i], prompt=p.prompts[i],
-                    extension=run.opts["samples_format"], info=text, p=p, opts=run.opts)
+                    extension=run.opts["samples_format"], info=text, p=p, opts=run.opts, callbacks=ctx.callbacks)
                 saved.append(path)
             if run.opts["enable_pnginfo"]:
                 image.info["parameters"] = text
@@ -159,6 +164,6 @@ def _process(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapping
         face_restoration_model=run.opts["face_restoration_model"] if p.restore_faces else None,
     )
     processed.info = infotexts[0] if infotexts else ""
-    if ctx.scripts is not None:
-        ctx.scripts.postprocess(p, processed)
+    if scripts is not None:
+        scripts.postprocess(p, processed)
     return processed

@@ -19,6 +19,7 @@ from backend.processing.core import (
     Pass,
     ProcessingContext,
     Run,
+    activate_networks,
     batch_conds,
     cpu_sigmas,
     decode_latents,
@@ -91,12 +92,17 @@ class Txt2ImgMode:
         sampler, scheduler = samplers.resolve_sampler_and_scheduler(hr_sampler_name, hr_scheduler_name)
         if sampler.name != p.sampler_name:
             extra["Hires sampler"] = sampler.name
-        hr_prompts = _hr_prompts(p.hr_prompt, p.all_prompts)
-        hr_negatives = _hr_prompts(p.hr_negative_prompt, p.all_negative_prompts)
-        if p.hr_prompt and p.hr_prompt != p.all_prompts[0]:
-            extra["Hires prompt"] = p.hr_prompt
-        if p.hr_negative_prompt and p.hr_negative_prompt != p.all_negative_prompts[0]:
-            extra["Hires negative prompt"] = p.hr_negative_prompt
+        # The hires prompts get the styles too (A1111 1.8+); an empty one means the styled first-pass prompt.
+        styles = self.ctx.styles
+        hr_prompt = styles.apply_styles_to_prompt(p.hr_prompt, p.styles) if p.hr_prompt else ""
+        hr_negative = (styles.apply_negative_styles_to_prompt(p.hr_negative_prompt, p.styles)
+                       if p.hr_negative_prompt else "")
+        hr_prompts = _hr_prompts(hr_prompt, p.all_prompts)
+        hr_negatives = _hr_prompts(hr_negative, p.all_negative_prompts)
+        if hr_prompt and hr_prompt != p.all_prompts[0]:
+            extra["Hires prompt"] = hr_prompt
+        if hr_negative and hr_negative != p.all_negative_prompts[0]:
+            extra["Hires negative prompt"] = hr_negative
         # A1111 writes the hires schedule when it resolves to a real schedule other than the first pass's.
         hires_label = samplers.scheduler_label_for_infotext(sampler, scheduler)
         first_label = samplers.scheduler_label_for_infotext(self.run.sampler, self.run.scheduler)
@@ -170,6 +176,8 @@ class Txt2ImgMode:
         p, ctx, hr = self.p, self.ctx, self.hires
         assert hr is not None
         device = ctx.devices.device
+        if p.scripts is not None:
+            p.scripts.before_hr(p)
         lo = p.iteration * p.batch_size
         if samples is not None and hr.latent_mode is None:
             # Image upscalers work on pixels: decode with the model that made the latents.
@@ -208,11 +216,15 @@ class Txt2ImgMode:
                                     hr.truncate_x // 2:w - (hr.truncate_x + 1) // 2]
         if not p.denoising_strength:
             return samples  # denoising 0: A1111's loop runs no step
+        # The hires prompt's own networks, on this pass's model, before its conds are encoded (A1111
+        # activates hr_extra_network_data here); the first pass's set on the same model changes nothing.
+        hr_prompts, hr_tags = parser.parse_extra_networks_for_prompts(hr.prompts[lo:lo + p.batch_size])
+        activate_networks(p, ctx, run, hr_tags, hires=True)
         # A fresh draw at the hires size from the same seeds (A1111 makes a new ImageRNG).
         rng = image_rng(p, run, ctx, samples.shape[3] * 8, samples.shape[2] * 8)
         noise = rng.first().to(device)
         multiplier = 2 if hr.sampler.options.second_order else 1
-        conds = batch_conds(run, _strip(hr.prompts[lo:lo + p.batch_size]),
+        conds = batch_conds(run, hr_prompts,
                             _strip(hr.negative_prompts[lo:lo + p.batch_size]),
                             steps=firstpass_steps, hires_steps=hr.steps * multiplier)
         plan = samplers.img2img_sigmas(hr.sampler, hr.scheduler, p.steps, float(p.denoising_strength),

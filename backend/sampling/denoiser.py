@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from backend.callbacks import AfterCFGCallbackParams, CallbackRegistry, CFGDenoisedParams, CFGDenoiserParams
 from backend.sampling.schedules import DiscreteSchedule, LCMSchedule
 
 # model_fn(x_scaled, t, crossattn, pooled, image_cond) -> raw network output (eps or v)
@@ -31,6 +32,18 @@ class StepInfo:
     x: Tensor
     sigma: Tensor
     denoised: Tensor
+
+
+@dataclass
+class RowLayout:
+    """Which image and which half of guidance each row of the current network call belongs to.
+
+    Extensions that add inputs per image (ControlNet's control images) read it from
+    `CFGDenoiser.rows` inside the network call.
+    """
+
+    image_index: list[int]
+    uncond: list[bool]
 
 
 class DiscreteDenoiser:
@@ -81,7 +94,8 @@ class CFGDenoiser:
     def __init__(self, inner: DiscreteDenoiser, cond_fn: CondFn, uncond_fn: UncondFn, cfg_scale: float, *,
                  total_steps: int, batch_cond_uncond: bool = True, s_min_uncond: float = 0.0,
                  skip_early_cond: float = 0.0, image_cond: Tensor | None = None,
-                 after_cfg: Callable[[StepInfo], Tensor | None] | None = None) -> None:
+                 after_cfg: Callable[[StepInfo], Tensor | None] | None = None,
+                 callbacks: CallbackRegistry | None = None) -> None:
         self.inner = inner
         self.cond_fn = cond_fn
         self.uncond_fn = uncond_fn
@@ -92,6 +106,8 @@ class CFGDenoiser:
         self.skip_early_cond = skip_early_cond
         self.image_cond = image_cond  # per image [B, C, h, w] (inpainting models), follows x's rows
         self.after_cfg = after_cfg
+        self.callbacks = callbacks
+        self.rows = RowLayout([], [])
         self.step = 0
         self.last_uncond_denoised: Tensor | None = None
         self.skipped_uncond_at: list[int] = []
@@ -99,6 +115,11 @@ class CFGDenoiser:
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         conds_list, cond, cond_pooled = self.cond_fn(self.step)
         uncond, uncond_pooled = self.uncond_fn(self.step)
+        ic = self.image_cond
+        if self.callbacks is not None and self.callbacks.has("cfg_denoiser"):
+            params = CFGDenoiserParams(x, ic, sigma, self.step, self.total_steps, cond, uncond, self)
+            self.callbacks.fire("cfg_denoiser", params)
+            x, ic, sigma, cond, uncond = params.x, params.image_cond, params.sigma, params.text_cond, params.text_uncond
         batch = x.shape[0]
         repeats = [len(c) for c in conds_list]
 
@@ -113,20 +134,32 @@ class CFGDenoiser:
         # Each image's x is repeated once per AND sub-prompt, then the uncond batch follows.
         x_cond = _repeat_rows(x, repeats)
         s_cond = _repeat_rows(sigma, repeats)
-        ic = self.image_cond
         ic_cond = None if ic is None else _repeat_rows(ic, repeats)
+        cond_images = [i for i, n in enumerate(repeats) for _ in range(n)]
 
         if skip_uncond:
+            self.rows = RowLayout(cond_images, [False] * len(cond_images))
             out_cond = self.inner(x_cond, s_cond, cond, cond_pooled, ic_cond)
             out_uncond = None
         elif self.batch_cond_uncond and cond.shape[1] == uncond.shape[1]:
             pooled = None if cond_pooled is None else torch.cat([cond_pooled, uncond_pooled])
             ic_all = None if ic is None else torch.cat([ic_cond, ic])
+            self.rows = RowLayout(cond_images + list(range(batch)), [False] * len(cond_images) + [True] * batch)
             out = self.inner(torch.cat([x_cond, x]), torch.cat([s_cond, sigma]), torch.cat([cond, uncond]), pooled, ic_all)
             out_cond, out_uncond = out[:-batch], out[-batch:]
         else:
+            self.rows = RowLayout(cond_images, [False] * len(cond_images))
             out_cond = self.inner(x_cond, s_cond, cond, cond_pooled, ic_cond)
+            self.rows = RowLayout(list(range(batch)), [True] * batch)
             out_uncond = self.inner(x, sigma, uncond, uncond_pooled, ic)
+
+        if self.callbacks is not None and self.callbacks.has("cfg_denoised"):
+            both = out_cond if out_uncond is None else torch.cat([out_cond, out_uncond])
+            denoised_params = CFGDenoisedParams(both, self.step, self.total_steps, self.inner)
+            self.callbacks.fire("cfg_denoised", denoised_params)
+            out_cond = denoised_params.x[:out_cond.shape[0]]
+            if out_uncond is not None:
+                out_uncond = denoised_params.x[out_cond.shape[0]:]
 
         if out_uncond is None:
             # A1111 uses the first sub-prompt's output as a stand-in for uncond.
@@ -142,6 +175,10 @@ class CFGDenoiser:
             replaced = self.after_cfg(StepInfo(self.step, self.total_steps, x, sigma, denoised))
             if replaced is not None:
                 denoised = replaced
+        if self.callbacks is not None and self.callbacks.has("cfg_after_cfg"):
+            after = AfterCFGCallbackParams(denoised, self.step, self.total_steps)
+            self.callbacks.fire("cfg_after_cfg", after)
+            denoised = after.x
         self.step += 1
         return denoised
 

@@ -5,6 +5,7 @@ import gzip
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def test_root_path_normalisation() -> None:
     assert webui.root_path(Settings.from_args([], env={})) == ""
 
 
-def test_webui_process_listens_warns_and_dies_on_server_kill(tmp_path: Path, models_dir: Path) -> None:
+def test_webui_process_listens_warns_restarts_and_dies_on_server_kill(tmp_path: Path, models_dir: Path) -> None:
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COMMANDLINE_ARGS": ""}
     proc = subprocess.Popen(
@@ -109,22 +110,37 @@ def test_webui_process_listens_warns_and_dies_on_server_kill(tmp_path: Path, mod
          "--data-dir", str(tmp_path), "--models-dir", str(models_dir), "--api-server-stop", "--api-log",
          "--skip-load-model-at-start"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
     try:
         url = f"http://127.0.0.1:{port}/sdapi/v1"
         wait_until(lambda: not _refused(url + "/progress") or proc.poll() is not None, timeout=120, interval=0.2)
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert httpx.post(url + "/server-restart").status_code == 501
+        assert proc.poll() is None, "".join(lines)
+        assert httpx.post(url + "/server-restart").status_code == 204
+        # The same process stops, builds everything again and serves on the same port.
+        wait_until(lambda: proc.poll() is not None or any("Restarting..." in x for x in lines), timeout=60)
+        wait_until(lambda: proc.poll() is not None or _serving_again(url), timeout=120, interval=0.2)
+        assert proc.poll() is None, "".join(lines)
         with pytest.raises(httpx.TransportError):
             httpx.post(url + "/server-kill", timeout=30)
         assert proc.wait(30) == 0
-        output = proc.stdout.read() if proc.stdout else ""
+        reader.join(10)
+        output = "".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert "--listen without --gradio-auth or --api-auth" in output
-    assert f"Running on http://0.0.0.0:{port}/ (API)" in output
-    assert "POST /sdapi/v1/server-restart" in output and " 501 " in output  # the --api-log line
+    assert output.count(f"Running on http://0.0.0.0:{port}/ (API)") == 2
+    assert "POST /sdapi/v1/server-restart" in output and " 204 " in output  # the --api-log line
+
+
+def _serving_again(url: str) -> bool:
+    try:
+        return httpx.get(url + "/progress", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_bad_api_auth_flag_stops_start_up(tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture) -> None:

@@ -83,15 +83,22 @@ def test_realesrgan_models_and_face_restorers(server: LiveServer, client: httpx.
     ]
 
 
+def test_scripts_and_extensions_lists_match_what_is_loaded(client: httpx.Client, server) -> None:
+    scripts = client.get("/scripts").json()
+    assert scripts == {"txt2img": [s.name for s in server.ctx.scripts.txt2img.scripts],
+                       "img2img": [s.name for s in server.ctx.scripts.img2img.scripts]}
+    info = client.get("/script-info").json()
+    assert len(info) == len(scripts["txt2img"]) + len(scripts["img2img"])
+    assert all({"name", "is_alwayson", "is_img2img", "args"} <= item.keys() for item in info)
+    assert [e["name"] for e in client.get("/extensions").json()] == [e.name for e in server.ctx.scripts.extensions]
+
+
 @pytest.mark.parametrize(("path", "expected"), [
     ("/sd-vae", []),
     ("/hypernetworks", []),
     ("/prompt-styles", []),
     ("/loras", []),
     ("/embeddings", {"loaded": {}, "skipped": {}}),
-    ("/scripts", {"txt2img": [], "img2img": []}),
-    ("/script-info", []),
-    ("/extensions", []),
 ])
 def test_lists_of_what_we_do_not_have_yet(client: httpx.Client, path: str, expected: object) -> None:
     assert client.get(path).json() == expected

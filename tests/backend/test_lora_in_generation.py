@@ -63,3 +63,27 @@ def test_missing_lora_is_noted_not_fatal(ctx: AppContext) -> None:
     processed = _image(ctx, "a house <lora:nothere:0.5>")
     assert "Lora not found: nothere" in processed.comments
     assert len(processed.images) == 1
+
+
+def _hires(ctx: AppContext, prompt: str, hr_prompt: str):
+    return ctx.generate(StableDiffusionProcessingTxt2Img(
+        prompt=prompt, hr_prompt=hr_prompt, enable_hr=True, hr_scale=2, hr_second_pass_steps=2,
+        denoising_strength=0.6, steps=3, width=64, height=64, seed=8, sampler_name="Euler", do_not_save_samples=True))
+
+
+def test_hires_prompt_activates_its_own_networks(ctx: AppContext) -> None:
+    def pixels(processed):
+        return np.asarray(processed.images[0])
+
+    plain = pixels(_hires(ctx, "a house", ""))
+    hires_only = _hires(ctx, "a house", "a house <lora:detail:1>")
+    assert not np.array_equal(plain, pixels(hires_only))
+    assert 'Lora hashes: "detail: ' in hires_only.infotexts[0]
+    assert np.array_equal(plain, pixels(_hires(ctx, "a house", "a house <lora:detail:0>")))
+    # An empty hires prompt is the first prompt, networks included; a hires prompt without the tag drops it.
+    both = pixels(_hires(ctx, "a house <lora:detail:1>", ""))
+    first_only = pixels(_hires(ctx, "a house <lora:detail:1>", "a house"))
+    assert not np.array_equal(both, first_only) and not np.array_equal(plain, first_only)
+    missing = _hires(ctx, "a house", "a house <lora:nothere:1>")
+    assert "Lora not found: nothere" in missing.comments
+    assert np.array_equal(plain, pixels(_hires(ctx, "a house", "")))  # weights restored after all that

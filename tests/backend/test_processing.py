@@ -13,6 +13,7 @@ from backend.postprocess.images import read_info_from_image
 from backend.postprocess.infotext import parse_infotext
 from backend.processing import StableDiffusionProcessingTxt2Img, process_images
 from backend.sampling.registry import SAMPLERS
+from backend.scripts import AlwaysVisible, Script, ScriptRunner
 from backend.version import VERSION
 
 
@@ -125,31 +126,38 @@ def test_bad_requests_name_the_field(app_ctx, field: str, kwargs: dict) -> None:
     assert e.value.field == field
 
 
-class _InterruptAfterFirstBatch:
-    """A script runner that interrupts during the first batch (exercises the hook points too)."""
+class _InterruptAfterFirstBatch(Script):
+    """An always-on script that interrupts during the first batch (exercises the hook points too)."""
 
-    def __init__(self, state) -> None:
-        self.state = state
+    def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def before_process(self, p) -> None: self.calls.append("before_process")
-    def process(self, p) -> None: self.calls.append("process")
-    def before_process_batch(self, p, batch_number) -> None: self.calls.append("before_process_batch")
-    def process_batch(self, p, batch_number) -> None:
+    def title(self) -> str: return "interrupter"
+    def show(self, is_img2img): return AlwaysVisible
+    def before_process(self, p, *args) -> None: self.calls.append("before_process")
+    def process(self, p, *args) -> None: self.calls.append("process")
+    def before_process_batch(self, p, *args, **kwargs) -> None: self.calls.append("before_process_batch")
+    def process_batch(self, p, *args, batch_number, **kwargs) -> None:
         self.calls.append("process_batch")
-        self.state.interrupt()
-    def postprocess_batch(self, p, images, batch_number) -> None: self.calls.append("postprocess_batch")
-    def postprocess_image(self, p, image): self.calls.append("postprocess_image")
-    def postprocess(self, p, processed) -> None: self.calls.append("postprocess")
+        p.context.state.interrupt()
+    def postprocess_batch(self, p, *args, **kwargs) -> None: self.calls.append("postprocess_batch")
+    def postprocess_image(self, p, pp, *args): self.calls.append("postprocess_image")
+    def postprocess(self, p, processed, *args) -> None: self.calls.append("postprocess")
+
+
+def _with_script(p, script: Script):
+    ScriptRunner([script], is_img2img=False, capture=lambda s, tab: []).bind(p)
+    return p
 
 
 def test_interrupt_returns_what_is_done(app_ctx) -> None:
     ctx = app_ctx.processing_context()
-    ctx.scripts = _InterruptAfterFirstBatch(ctx.state)
-    processed = process_images(_p(n_iter=3, do_not_save_samples=True, do_not_save_grid=True), ctx)
+    script = _InterruptAfterFirstBatch()
+    p = _with_script(_p(n_iter=3, do_not_save_samples=True, do_not_save_grid=True), script)
+    processed = process_images(p, ctx)
     assert processed.interrupted and len(processed.images) == 1
-    assert ctx.scripts.calls == ["before_process", "process", "before_process_batch", "process_batch",
-                                 "postprocess_batch", "postprocess_image", "postprocess"]
+    assert script.calls == ["before_process", "process", "before_process_batch", "process_batch",
+                            "postprocess_batch", "postprocess_image", "postprocess"]
 
 
 @pytest.mark.parametrize("sampler", [s.name for s in SAMPLERS])
@@ -182,15 +190,15 @@ def test_custom_output_dir_and_jpeg(app_ctx, tmp_path: Path) -> None:
 
 
 class _SkipFirstBatch(_InterruptAfterFirstBatch):
-    def process_batch(self, p, batch_number) -> None:
+    def process_batch(self, p, *args, batch_number, **kwargs) -> None:
         if batch_number == 0:
-            self.state.skip()
+            p.context.state.skip()
 
 
 def test_skip_moves_on_to_the_next_batch(app_ctx) -> None:
     ctx = app_ctx.processing_context()
-    ctx.scripts = _SkipFirstBatch(ctx.state)
-    processed = process_images(_p(n_iter=2, do_not_save_samples=True, do_not_save_grid=True), ctx)
+    p = _with_script(_p(n_iter=2, do_not_save_samples=True, do_not_save_grid=True), _SkipFirstBatch())
+    processed = process_images(p, ctx)
     assert not processed.interrupted and len(processed.images) == 2
     full = app_ctx.generate(_p(seed=43, do_not_save_samples=True)).images[0]
     assert np.array_equal(_pixels(processed.images[1]), _pixels(full))  # the second batch ran in full

@@ -6,7 +6,16 @@ from typing import Any
 
 from PIL import Image
 
-from tests.ui.browser import generate, open_tab, set_number, tiny_generation, upload, wait_for_text, write_png
+from tests.ui.browser import (
+    generate,
+    open_tab,
+    set_number,
+    tiny_generation,
+    type_text,
+    upload,
+    wait_for_text,
+    write_png,
+)
 from tests.ui.conftest import UIServer
 
 
@@ -84,3 +93,56 @@ def test_send_to_inpaint_and_paint_the_mask(ui_server: UIServer, open_page: Any)
     info = generate(page, "img2img")
     assert "Inpaint area: Only masked" in info
     assert "mask is blank" not in page.inner_text("#html_log_img2img")
+
+
+def test_sketch_draws_on_the_init_image(ui_server: UIServer, open_page: Any, tmp_path: Path,
+                                        screenshot_dir: Path) -> None:
+    page = open_page(ui_server)
+    open_tab(page, "img2img")
+    for label, name in (("Inpaint", "inpaint"), ("Inpaint upload", "inpaint-upload"), ("Batch", "batch")):
+        open_tab(page, label)
+        page.screenshot(path=str(screenshot_dir / f"img2img-{name}.png"))  # the part that differs per sub-tab
+    open_tab(page, "Sketch")
+    page.wait_for_selector("#img2img_mask_blur", state="hidden")  # no mask here: no inpaint controls
+    upload(page, "img2img_sketch", write_png(tmp_path / "base.png", (64, 64), (40, 40, 160)))
+    canvas = page.locator("#img2img_sketch canvas").first
+    canvas.wait_for(state="visible")
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 40, y)
+    page.mouse.down()
+    page.mouse.move(x + 40, y, steps=3)
+    page.mouse.up()
+    tiny_generation(page, "img2img", "a sketch of a boat")
+    info = generate(page, "img2img")
+    assert "a sketch of a boat" in info and "Denoising strength: 0.75" in info and "Mask blur" not in info
+    page.screenshot(path=str(screenshot_dir / "img2img-sketch.png"), full_page=True)
+
+
+def test_sketch_source_is_the_drawn_composite() -> None:
+    from types import SimpleNamespace
+
+    from ui.img2img import _source
+
+    drawn = Image.new("RGBA", (16, 16), (255, 255, 255, 255))
+    inputs = SimpleNamespace(mode="mode", sketch="sketch")
+    tab = SimpleNamespace(inputs=inputs)
+    data = {"mode": "sketch", "sketch": {"background": Image.new("RGBA", (16, 16)), "layers": [], "composite": drawn}}
+    assert _source(tab, data) == (drawn, None)  # type: ignore[arg-type]
+
+
+def test_batch_from_a_folder(ui_server: UIServer, open_page: Any, tmp_path: Path) -> None:
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for name, color in (("one.png", (200, 40, 40)), ("two.png", (40, 200, 40))):
+        write_png(source / name, (64, 64), color)
+    page = open_page(ui_server)
+    open_tab(page, "img2img")
+    open_tab(page, "Batch")
+    type_text(page, "img2img_batch_input_dir", str(source))
+    type_text(page, "img2img_batch_output_dir", str(out))
+    tiny_generation(page, "img2img", "a batch")
+    info = generate(page, "img2img")
+    assert "a batch" in info
+    page.wait_for_function("document.querySelectorAll('#img2img_gallery img').length >= 2")
+    assert len(list(out.glob("*.png"))) == 2  # straight into the output folder, one per input image

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from backend.config import Options
+from backend.prompts.styles import StyleDatabase
 from ui import paste
 
 INFOTEXT = ("a (red:1.2) fox\nNegative prompt: blurry\nSteps: 12, Sampler: DPM++ 2M Karras, CFG scale: 6.5, "
@@ -23,7 +25,7 @@ def test_values_follow_the_component_types() -> None:
               paste.PasteField(seed, "Seed"), paste.PasteField(sampler, paste.sampler_name),
               paste.PasteField(scheduler, paste.scheduler_label), paste.PasteField(hires, paste.hires_enabled),
               paste.PasteField(upscaler, "Hires upscaler"), paste.PasteField(missing, "Not a key")]
-    values = paste.values_for(paste.parse(INFOTEXT), fields)
+    values = paste.values_for(paste.parse(INFOTEXT, Options(), StyleDatabase()), fields)
     # Karras is DPM++ 2M's own schedule, so A1111's resolution reports it as Automatic.
     assert values[:8] == ["a (red:1.2) fox", 12, 6.5, 99, "DPM++ 2M", "Automatic", True, "Latent"]
     assert values[8] == gr.skip()
@@ -54,5 +56,21 @@ def test_hires_is_on_only_with_a_denoising_strength_and_a_hires_key() -> None:
 
 
 def test_skip_fields_are_dropped() -> None:
-    params = paste.parse(INFOTEXT, skip_fields=["Seed"])
+    opts = Options()
+    opts.set("infotext_skip_pasting", ["Seed"])
+    params = paste.parse(INFOTEXT, opts, StyleDatabase())
     assert "Seed" not in params and params["Steps"] == "12"
+
+
+def test_styles_and_override_settings_fields() -> None:
+    with gr.Blocks():
+        styles = gr.Dropdown(["Photo", "HQ"], multiselect=True)
+        overrides = gr.Dropdown([], multiselect=True)
+    params = {"Styles array": ["HQ"], "Clip skip": "2", "ENSD": "31337", "Steps": "12"}
+    fields = [paste.PasteField(styles, paste.styles_array),
+              paste.PasteField(overrides, lambda p: paste.override_settings_update(p, Options(), lambda n: None,
+                                                                                   ["ENSD"]))]
+    assert paste.values_for(params, fields) == [
+        ["HQ"], gr.update(choices=["Clip skip: 2"], value=["Clip skip: 2"], visible=True)]
+    # No settings to override: the dropdown empties and hides; no styles found: the selection stays.
+    assert paste.values_for({"Clip skip": "1"}, fields) == [gr.skip(), gr.update(choices=[], value=[], visible=False)]

@@ -81,3 +81,42 @@ def test_shown_and_stored_values() -> None:
 
     with pytest.raises(InvalidRequest, match="n_rows"):
         stored_value("n_rows", 2.5)
+
+
+def test_ui_defaults_walk_apply_and_keep(tmp_path: Path) -> None:
+    import gradio as gr
+
+    from ui.common import not_a_default
+    from ui.settings import UiDefaults
+
+    path = tmp_path / "ui-config.json"
+    path.write_text(json.dumps({"t/Steps/value": 30, "t/Steps/maximum": 200, "t/Mode/value": "gone",
+                                "t/Names/value": ["b"]}))
+    defaults = UiDefaults(path)
+    with gr.Blocks(), gr.Tab("t") as tab:
+        steps = gr.Slider(1, 150, value=20, step=1, label="Steps")
+        with gr.Accordion("more"):
+            mode = gr.Radio(["a", "b"], value="a", label="Mode")
+            names = gr.Dropdown(["a", "b"], value=[], multiselect=True, label="Names")
+            gr.Textbox(label="Prompt")
+            gr.Slider(0, 1, label="Steps")  # a duplicate label: the first control keeps the key
+            not_a_default(gr.Textbox(label="Hidden"))
+    defaults.add_tab("t", tab)
+    assert (steps.value, steps.maximum, mode.value, names.value) == (30, 200, "a", ["b"])  # "gone" is no choice
+    assert list(defaults.components) == ["t/Steps", "t/Mode", "t/Names", "t/Prompt"]
+    defaults.save()
+    saved = json.loads(path.read_text())
+    assert saved["t/Prompt/value"] == "" and saved["t/Steps/step"] == 1 and "t/Hidden/value" not in saved
+    # The browser's values: None for a control not drawn yet counts as unchanged.
+    assert defaults.changes([31, "gone", ["b"], None]) == [("t/Steps/value", 30, 31)]
+    assert defaults.apply([31, "b", ["b"], None]) == 2
+    assert json.loads(path.read_text())["t/Mode/value"] == "b"
+
+
+def test_ui_defaults_leave_an_unreadable_file_alone(tmp_path: Path) -> None:
+    from ui.settings import UiDefaults
+
+    path = tmp_path / "ui-config.json"
+    path.write_text("{ not json")
+    UiDefaults(path).save()
+    assert path.read_text() == "{ not json"

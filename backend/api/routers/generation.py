@@ -1,8 +1,7 @@
 """POST /sdapi/v1/txt2img and /sdapi/v1/img2img: wait in the shared queue, answer A1111's response."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
@@ -19,12 +18,11 @@ from backend.api.models import (
     txt2img_processing,
 )
 from backend.context import AppContext
-from backend.models.registry import CheckpointRegistry
 from backend.processing import StableDiffusionProcessing
 
 router = APIRouter(tags=["generation"])
 
-Prepare = Callable[[BaseModel, Mapping[str, Any], CheckpointRegistry], tuple[BaseModel, StableDiffusionProcessing]]
+Prepare = Callable[[BaseModel, AppContext], tuple[BaseModel, StableDiffusionProcessing]]
 
 
 @router.post("/txt2img", response_model=TextToImageResponse)
@@ -45,7 +43,7 @@ async def img2img(req: Img2ImgRequest, ctx: Ctx) -> TextToImageResponse:  # type
 
 async def _generate(ctx: AppContext, req: BaseModel, prepare: Prepare) -> TextToImageResponse:
     # Decoding images and validating run off the event loop: large init images take a while.
-    req, p = await run_in_threadpool(prepare, req, ctx.options, ctx.registry)
+    req, p = await run_in_threadpool(prepare, req, ctx)
     job = ctx.submit(p)
     try:
         processed = await outcome(job)

@@ -30,14 +30,14 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 @router.post("/txt2img", status_code=202, response_model=JobInfo)
 def submit_txt2img(req: Txt2ImgRequest, ctx: Ctx) -> dict[str, Any]:  # type: ignore[valid-type]
     """Queue a txt2img request (same body as /txt2img); bad input is refused here, before queueing."""
-    req, p = txt2img_processing(req, ctx.options, ctx.registry)
+    req, p = txt2img_processing(req, ctx)
     return ctx.submit(p, request=req).to_dict()
 
 
 @router.post("/img2img", status_code=202, response_model=JobInfo)
 def submit_img2img(req: Img2ImgRequest, ctx: Ctx) -> dict[str, Any]:  # type: ignore[valid-type]
     """Queue an img2img request (same body as /img2img); bad input, bad images included, is refused here."""
-    req, p = img2img_processing(req, ctx.options, ctx.registry)
+    req, p = img2img_processing(req, ctx)
     return ctx.submit(p, request=req).to_dict()
 
 

@@ -54,21 +54,24 @@ def _device_memory(devices: DevicePolicy) -> dict[str, Any]:
 
 
 @router.get("/scripts", response_model=ScriptsList)
-def scripts() -> ScriptsList:
-    """Selectable scripts by tab (lower-case titles): none yet, so clients send no alwayson_scripts."""
-    return ScriptsList()
+def scripts(ctx: Ctx) -> ScriptsList:
+    """Every script by tab, lower-case titles (A1111 lists always-on and selectable ones alike)."""
+    return ScriptsList(txt2img=[s.name for s in ctx.scripts.txt2img.scripts],
+                       img2img=[s.name for s in ctx.scripts.img2img.scripts])
 
 
 @router.get("/script-info", response_model=list[ScriptInfo])
-def script_info() -> list[ScriptInfo]:
-    """Arguments of every script: none yet."""
-    return []
+def script_info(ctx: Ctx) -> list[ScriptInfo]:
+    """Each script's arguments (label, default value, range, choices), txt2img then img2img."""
+    return [ScriptInfo(**info) for runner in (ctx.scripts.txt2img, ctx.scripts.img2img)
+            for info in runner.script_info()]
 
 
 @router.get("/extensions", response_model=list[ExtensionItem])
-def extensions() -> list[ExtensionItem]:
-    """Installed extensions: none yet."""
-    return []
+def extensions(ctx: Ctx) -> list[ExtensionItem]:
+    """Installed extensions (built-in and user); no git details, since nothing is installed from remotes."""
+    return [ExtensionItem(name=e.name, remote="", branch="", commit_hash="", version=e.version, commit_date=0,
+                          enabled=e.enabled) for e in ctx.scripts.extensions]
 
 
 @router.post("/create/embedding", responses=_NOT_YET)

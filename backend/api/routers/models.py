@@ -22,7 +22,6 @@ from backend.api.models import (
     SDVaeItem,
     UpscalerItem,
 )
-from backend.api.routers.options import switch_model
 from backend.postprocess.upscalers import LATENT_UPSCALE_MODES
 from backend.sampling.registry import SAMPLERS, SCHEDULERS
 
@@ -58,7 +57,9 @@ def reload_checkpoint(ctx: Ctx) -> dict:
     """Load the selected model (`sd_model_checkpoint`) again, e.g. after unload-checkpoint."""
     selected = ctx.options["sd_model_checkpoint"] or ctx.startup_checkpoint()
     if selected:
-        ctx.options.set("sd_model_checkpoint", switch_model(ctx, selected))
+        job = ctx.switch_checkpoint(selected)
+        if job is not None:
+            job.wait()
     return {}
 
 
@@ -124,9 +125,10 @@ def realesrgan_models(ctx: Ctx) -> list[RealesrganItem]:
 
 
 @router.get("/prompt-styles", response_model=list[PromptStyleItem])
-def prompt_styles() -> list[PromptStyleItem]:
-    """Saved prompt styles: none yet."""
-    return []
+def prompt_styles(ctx: Ctx) -> list[PromptStyleItem]:
+    """The styles of styles.csv (and any --styles-file), as the UI's Styles dropdown lists them."""
+    return [PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt)
+            for s in ctx.styles.styles.values()]
 
 
 @router.get("/embeddings", response_model=EmbeddingsResponse)

@@ -9,7 +9,6 @@ from fastapi import APIRouter
 from backend.api.deps import Ctx
 from backend.api.models import OptionsModel
 from backend.config import build_arg_parser, coerce_option
-from backend.context import AppContext
 
 router = APIRouter(tags=["options"])
 
@@ -37,18 +36,13 @@ def set_options(body: dict[str, Any], ctx: Ctx) -> None:
     values = {key: coerce_option(key, value) for key, value in body.items()}
     checkpoint = values.pop("sd_model_checkpoint", None)
     if checkpoint is not None:
-        values["sd_model_checkpoint"] = switch_model(ctx, str(checkpoint))
+        # The UI's checkpoint dropdown takes the same path; the option is stored once the model loaded.
+        job = ctx.switch_checkpoint(str(checkpoint))
+        if job is not None:
+            job.wait()
     for key, value in values.items():
         ctx.options.set(key, value)
     ctx.options.save()
-
-
-def switch_model(ctx: AppContext, name: str) -> str:
-    """Resolve `name` to a checkpoint, load it in the queue unless it is the current one; its title."""
-    info = ctx.registry.get(name)
-    if info.title != ctx.options["sd_model_checkpoint"] or info not in ctx.models.loaded():
-        ctx.queue.submit("load-model", lambda state: ctx.models.get(info.title)).wait()
-    return info.title
 
 
 @router.get("/cmd-flags")

@@ -14,10 +14,12 @@ def server_stop(request: Request) -> str:
     return "Stopping."
 
 
-@router.post("/server-restart")
-def server_restart() -> Response:
-    """A1111 restarts only under its restarting launcher; we have none, so 501 as A1111 answers then."""
-    return Response(status_code=501)
+@router.post("/server-restart", status_code=204)
+def server_restart(request: Request) -> Response:
+    """Finish the requests in flight, then rebuild the application in this process (extensions,
+    options and models reload; the flags stay)."""
+    request.app.state.server_control.restart()
+    return Response(status_code=204)
 
 
 @router.post("/server-kill")

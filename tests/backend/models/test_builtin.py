@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from backend.models import builtin
-from backend.models.builtin import DEFAULT_MODEL_FILENAME, build_default_model, ensure_default_model
+from backend.models.builtin import DEFAULT_MODEL_FILENAME, build_default_model, ensure_random_model
 from backend.models.families import detect_family, safetensors_shapes
 from backend.models.ldm_export import export_ldm_state_dict
 from backend.models.loader import load_checkpoint
@@ -81,9 +81,9 @@ def test_latent_is_eight_times_smaller_and_text_encoder_runs(built: Path, tmp_pa
     assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
 
 
-def test_ensure_default_model_builds_only_when_missing(tmp_path: Path) -> None:
-    path = ensure_default_model(tmp_path)
+def test_ensure_random_model_builds_only_when_missing(tmp_path: Path) -> None:
+    path = ensure_random_model(tmp_path)
     assert path == tmp_path / "Stable-diffusion" / DEFAULT_MODEL_FILENAME and path.is_file()
     stamp = path.stat().st_mtime_ns
-    assert ensure_default_model(tmp_path) == path
+    assert ensure_random_model(tmp_path) == path
     assert path.stat().st_mtime_ns == stamp

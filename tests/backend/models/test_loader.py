@@ -149,7 +149,7 @@ def test_missing_component_is_an_error_not_random_weights(tiny: dict, tmp_path: 
 
 @pytest.mark.parametrize(("name", "content", "pattern"), [
     ("corrupt.safetensors", b"garbage", "cannot read safetensors"),
-    ("model.bin", b"", "unsupported checkpoint type"),
+    ("model.onnx", b"", "unsupported checkpoint type"),
     ("list.pt", None, "not a state dict"),
 ])
 def test_bad_files(tmp_path: Path, name: str, content: bytes | None, pattern: str) -> None:

@@ -90,26 +90,6 @@ def test_side_files_description_user_metadata_and_previews(tmp_path: Path) -> No
         registry.save_user_metadata(card, {"bad": object()})
 
 
-def test_preview_path_serves_only_images_inside_the_folders(tmp_path: Path) -> None:
-    lora = tmp_path / "Lora"
-    small(lora / "sub" / "card.safetensors")
-    preview = lora / "sub" / "card.png"
-    preview.write_bytes(b"png")
-    (lora / "secret.json").write_text("{}")
-    outside = tmp_path / "outside.png"
-    outside.write_bytes(b"png")
-    (lora / "link.png").symlink_to(outside)
-    registry = NetworkRegistry([lora])
-    assert registry.preview_path("card") == preview
-    assert registry.preview_path(str(preview)) == preview
-    assert registry.preview_path(str(lora / "sub" / ".." / "sub" / "card.png")) == preview
-    assert registry.preview_path(str(outside)) is None
-    assert registry.preview_path(str(lora / ".." / "outside.png")) is None
-    assert registry.preview_path(str(lora / "link.png")) is None  # a link out of the folder
-    assert registry.preview_path(str(lora / "secret.json")) is None
-    assert registry.preview_path(str(lora / "nothing.png")) is None
-
-
 def test_replace_preview(tmp_path: Path) -> None:
     from PIL import Image
 

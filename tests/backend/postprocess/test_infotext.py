@@ -9,6 +9,7 @@ import pytest
 from backend.errors import InvalidRequest
 from backend.postprocess.infotext import (
     INFOTEXT_KEYS,
+    add_extra_params,
     format_infotext,
     novelai_infotext,
     parse_infotext,
@@ -442,3 +443,13 @@ def test_infotext_module_does_not_import_torch_or_pil():
         node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
     }
     assert not imported & {"torch", "PIL", "numpy"}
+
+
+def test_added_extra_params_go_before_version_and_user() -> None:
+    text = 'a cat\nNegative prompt: dog\nSteps: 2, Seed: 1, Lora hashes: "x: 1", Version: v1, User: me'
+    assert add_extra_params(text, {"Script": "X/Y/Z plot", "X Values": "1, 2", "Y Type": None}) == (
+        'a cat\nNegative prompt: dog\nSteps: 2, Seed: 1, Lora hashes: "x: 1", Script: X/Y/Z plot, '
+        'X Values: "1, 2", Version: v1, User: me')
+    assert add_extra_params("p\nSteps: 2, User: me", {"Script": "s"}) == "p\nSteps: 2, Script: s, User: me"
+    assert add_extra_params("p\nSteps: 2", {"Script": "s"}) == "p\nSteps: 2, Script: s"
+    assert add_extra_params("p\nSteps: 2", {}) == "p\nSteps: 2"
