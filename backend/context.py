@@ -115,9 +115,6 @@ class AppContext:
         settings.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         builtin.ensure_default_model(settings.models_dir)
         options = Options(settings.config_file)
-        scripts = ScriptSystem.load(settings.extensions_dir, disabled=list(options["disabled_extensions"]),
-                                    disable_all=settings.disable_extensions(options["disable_all_extensions"]),
-                                    options=options)
         devices = devices or DevicePolicy.from_settings(settings)
         # With --no-hashing nothing new is hashed, but hashes already cached still show (A1111).
         cache = HashCache(settings.cache_dir / "hashes.json")
@@ -135,7 +132,7 @@ class AppContext:
                                   memory_limit=int(options["lora_in_memory_limit"]))
         models = ModelManager(registry, devices, settings.cache_dir, limit=int(options["sd_checkpoints_limit"]),
                               on_unload=networks.forget_model,
-                              on_load=lambda model: scripts.callbacks.fire("model_loaded", model))
+                              on_load=lambda model: ctx.scripts.callbacks.fire("model_loaded", model))
         preview = LivePreview(options, models, devices)
         queue = JobQueue(history=JOB_HISTORY, state_factory=partial(LivePreviewState, options=options, make_preview=preview))
         extra_dirs = {folder: Path(path) for folder, path in (("ESRGAN", settings.extra.get("esrgan_models_path")),
@@ -144,8 +141,13 @@ class AppContext:
         upscalers = UpscalerRegistry(settings.models_dir, extra_dirs)
         face_restorers = FaceRestorerRegistry(settings.models_dir)
         styles = StyleDatabase(style_files(settings.extra.get("styles_file"), settings.data_dir))
-        return cls(settings, options, devices, registry, models, queue, preview, upscalers, face_restorers, networks,
-                   scripts, styles=styles)
+        ctx = cls(settings, options, devices, registry, models, queue, preview, upscalers, face_restorers, networks,
+                  ScriptSystem.empty(), styles=styles)
+        # Last, so scripts' ui() can list what the application has (checkpoints, upscalers, styles).
+        ctx.scripts = ScriptSystem.load(settings.extensions_dir, disabled=list(options["disabled_extensions"]),
+                                        disable_all=settings.disable_extensions(options["disable_all_extensions"]),
+                                        options=options, app_context=ctx)
+        return ctx
 
     def start(self) -> None:
         """Start the job worker (webui.py, the CLI and tests call this once everything is built)."""

@@ -47,23 +47,33 @@ class ScriptSystem:
     @classmethod
     def load(cls, user_dir: Path | None, *, disabled: list[str] | tuple[str, ...] = (), disable_all: str = "none",
              callbacks: CallbackRegistry | None = None, capture: ControlCapture = capture_controls,
-             builtin_dir: Path | None = None, options: Any = None) -> ScriptSystem:
+             builtin_dir: Path | None = None, options: Any = None, app_context: Any = None) -> ScriptSystem:
         """Find extensions, import their scripts (errors logged per extension), build both runners.
 
         With `options`, the on_ui_settings callbacks run before any ui() is called, so a script may
         size its UI (and so its script_args slots) from its own options, as A1111 extensions read
-        shared.opts in ui() (ControlNet's control_net_unit_count)."""
+        shared.opts in ui() (ControlNet's control_net_unit_count). `app_context` becomes every
+        script's `app_context` before its ui() is called."""
         kwargs: dict[str, Any] = {} if builtin_dir is None else {"builtin_dir": builtin_dir}
         extensions = discover(user_dir, disabled=disabled, disable_all=disable_all, **kwargs)
         callbacks = callbacks or CallbackRegistry()
         classes = load_scripts(extensions, callbacks)
         # Each tab gets its own instances, as in A1111 (a script may keep per-tab state).
         instances = [_instances(classes, callbacks) for _ in (False, True)]
+        for script in instances[0] + instances[1]:
+            script.app_context = app_context
         if options is not None:
             callbacks.fire("ui_settings", options)
         runners = [ScriptRunner(scripts, is_img2img=tab, capture=capture)
                    for scripts, tab in zip(instances, (False, True), strict=True)]
         return cls(extensions, callbacks, *runners)
+
+    @classmethod
+    def empty(cls) -> ScriptSystem:
+        """No extensions: what an application holds until its extensions are loaded."""
+        no_capture: ControlCapture = lambda script, is_img2img: []  # noqa: E731
+        return cls([], CallbackRegistry(), ScriptRunner([], is_img2img=False, capture=no_capture),
+                   ScriptRunner([], is_img2img=True, capture=no_capture))
 
     def runner_for(self, p: processing.StableDiffusionProcessing) -> ScriptRunner:
         return self.img2img if isinstance(p, processing.StableDiffusionProcessingImg2Img) else self.txt2img

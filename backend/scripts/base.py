@@ -42,8 +42,12 @@ class Script:
 
     Attributes set by the runner: `filename`, `extension` (its folder name), `is_txt2img`,
     `is_img2img`, `alwayson`, `args_from`/`args_to` (this script's slice of `p.script_args`),
-    `controls` (what `ui()` returned, for the API's defaults), `tabname`.
+    `controls` (what `ui()` returned, for the API's defaults), `tabname`; and `app_context`, the
+    application (backend.context.AppContext: registry, models, upscalers, styles, options, ...),
+    set before `ui()` is first called so choices can list the user's files.
     """
+
+    app_context: Any = None
 
     filename: str = ""
     extension: str = ""

@@ -8,7 +8,6 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from backend import callbacks
 from backend.errors import InvalidRequest
 from backend.postprocess import images as image_io
 from backend.postprocess.grids import combine_grid, split_grid
@@ -24,14 +23,6 @@ INFO = ("<p style=\"margin-bottom:0.75em\">Will upscale the image by the selecte
 
 
 class SDUpscale(Script):
-    def __init__(self) -> None:
-        # The upscaler list depends on the user's model files; the UI refreshes it once the app runs.
-        self.source: Any = None
-        callbacks.on_app_started(self._remember_app)
-
-    def _remember_app(self, demo: Any, app: Any) -> None:
-        self.source = getattr(app.state, "ctx", None)
-
     def title(self) -> str:
         return TITLE
 
@@ -39,9 +30,9 @@ class SDUpscale(Script):
         return is_img2img
 
     def _upscaler_names(self) -> list[str]:
-        if self.source is None:
+        if self.app_context is None:
             return [info.name for info in BUILTIN_UPSCALERS]
-        return [info.name for info in self.source.upscalers.list()]
+        return [info.name for info in self.app_context.upscalers.list()]
 
     def ui(self, is_img2img: bool) -> list[Any]:
         info = gr.HTML(INFO)

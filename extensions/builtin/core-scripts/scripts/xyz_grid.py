@@ -5,7 +5,6 @@ from typing import Any
 
 import gradio as gr
 
-from backend import callbacks
 from backend.scripts import Script
 from backend.scripts import xyz_plot
 
@@ -13,15 +12,6 @@ FILL_SYMBOL = "\U0001f4d2"  # 📒, A1111's "fill in every choice" button
 
 
 class XYZPlot(Script):
-    def __init__(self) -> None:
-        # Dropdown choices that depend on the user's files (checkpoints, upscalers, styles) are read
-        # from the application once it runs; the UI's events ask for them then.
-        self.source: Any = None
-        callbacks.on_app_started(self._remember_app)
-
-    def _remember_app(self, demo: Any, app: Any) -> None:
-        self.source = getattr(app.state, "ctx", None)
-
     def title(self) -> str:
         return xyz_plot.TITLE
 
@@ -81,7 +71,7 @@ class XYZPlot(Script):
               swaps: list[tuple[Any, int, int]]) -> None:
         def choices_of(axis_index: int) -> list[str] | None:
             axis = options[axis_index]
-            return None if axis.choices is None else axis.choices(self.source)
+            return None if axis.choices is None else axis.choices(self.app_context)
 
         def select_axis(axis_index: int, text: str, chosen: list[str] | None, csv: bool) -> tuple[Any, Any, Any]:
             # A1111: dropdown for axes with choices, text otherwise or in CSV mode; values carried over.
