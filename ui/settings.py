@@ -262,8 +262,9 @@ class UiDefaults:
     def changes(self, values: Sequence[Any]) -> list[tuple[str, Any, Any]]:
         """(key, saved value, value now) for each control whose value differs from its saved default."""
         found = []
-        for path, value in zip(self.components, values):
+        for (path, component), value in zip(self.components.items(), values):
             key = f"{path}/value"
+            value = _as_saved(component, value)
             # None: a control the page has not drawn yet (e.g. in a tab never opened) sends no value.
             if value is not None and value != self.saved.get(key):
                 found.append((key, self.saved.get(key), value))
@@ -277,6 +278,15 @@ class UiDefaults:
         _write_json(self.path, self.saved)
         self._unreadable = False
         return len(changed)
+
+
+def _as_saved(component: Any, value: Any) -> Any:
+    """The value as the file keeps it: a type="index" choice (X/Y/Z's axis types) arrives as its
+    position but is kept, like every other choice, as its label."""
+    if getattr(component, "type", None) == "index" and isinstance(value, int) and not isinstance(value, bool):
+        choices = [c[0] if isinstance(c, (tuple, list)) else c for c in component.choices or []]
+        return choices[value] if 0 <= value < len(choices) else value
+    return value
 
 
 def _acceptable(component: Any, value: Any) -> bool:
