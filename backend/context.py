@@ -12,14 +12,14 @@ from PIL import Image
 
 from backend.config import Options, Settings
 from backend.devices import DevicePolicy
-from backend.errors import ModelLoadError
+from backend.errors import ModelLoadError, ModelNotFound
 from backend.jobs.progress import JobState
 from backend.jobs.queue import Job, JobQueue
 from backend.models import builtin
 from backend.models.families import detect_family, native_resolution, safetensors_shapes
 from backend.models.hashes import HashCache
 from backend.models.manager import ModelManager
-from backend.models.registry import CheckpointRegistry
+from backend.models.registry import CheckpointInfo, CheckpointRegistry
 from backend.networks import NetworkManager, NetworkRegistry
 from backend.postprocess.face_restore import FaceRestorerRegistry
 from backend.postprocess.preview import approximate_rgb
@@ -180,14 +180,21 @@ class AppContext:
     def native_size(self, name: str | None) -> tuple[int, int]:
         """(width, height) the checkpoint `name` was trained at (see `families.native_resolution`), read from
         its file header without loading it; 512x512 when it is unknown or not a .safetensors file."""
-        info = self.registry.find(name) if name else None
-        if info is None or not info.is_safetensors:
-            return 512, 512
+        return _native_size_of(self.registry.find(name) if name else None)
+
+    def _fill_native_size(self, p: StableDiffusionProcessing) -> None:
+        """Unset width/height become the request's checkpoint's native size before any script sees them
+        (process_images does the same from the loaded model when called directly)."""
+        if p.width is not None and p.height is not None:
+            return
+        name = p.override_settings.get("sd_model_checkpoint") or self.options["sd_model_checkpoint"]
         try:
-            family = detect_family(safetensors_shapes(info.filename))
-        except ModelLoadError:
-            return 512, 512
-        return native_resolution(family, info.metadata)
+            info = self.models.select(name or None)
+        except ModelNotFound:
+            return  # process_images reports it
+        width, height = _native_size_of(info)
+        p.width = width if p.width is None else p.width
+        p.height = height if p.height is None else p.height
 
     def processing_context(self, state: JobState | None = None) -> ProcessingContext:
         """What process_images needs, reporting to `state` (a fresh one if not given)."""
@@ -228,6 +235,7 @@ class AppContext:
 
         def run(state: JobState) -> Processed:
             p.context = self.processing_context(state)
+            self._fill_native_size(p)
             processed = p.scripts.run(p)
             return processed if processed is not None else process_images(p, p.context)
 
@@ -242,3 +250,14 @@ class AppContext:
             return job.wait()
         finally:
             job.release_result()  # the caller holds the images now; the history keeps only the record
+
+
+def _native_size_of(info: CheckpointInfo | None) -> tuple[int, int]:
+    """Native (width, height) of a checkpoint from its safetensors header; 512x512 when unknown."""
+    if info is None or not info.is_safetensors:
+        return 512, 512
+    try:
+        family = detect_family(safetensors_shapes(info.filename))
+    except ModelLoadError:
+        return 512, 512
+    return native_resolution(family, info.metadata)

@@ -14,7 +14,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from backend.context import AppContext
-from ui import common, extensions, extra_networks, extras, img2img, paste, pnginfo, settings, txt2img
+from ui import common, extensions, extra_networks, extras, img2img, paste, pnginfo, settings, train, txt2img
 from ui.generation import wire_paste
 from ui.progress import outcome, status_html, watch
 from ui.theme import CSS, theme
@@ -128,6 +128,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             defaults.save()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build()
+            with gr.Tab("Train", id="train", elem_id="tab_train"):
+                train.build(ctx)
             _extension_tabs(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 st = settings.build(ctx, defaults)

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.api.auth import BasicAuth, parse_credentials
 from backend.api.errors import install_error_handlers
-from backend.api.routers import extra_networks, extras, generation, jobs, misc, models, options, progress, server
+from backend.api.routers import extra_networks, extras, generation, jobs, misc, models, options, progress, server, train
 from backend.context import AppContext
 from backend.version import VERSION
 
@@ -92,7 +92,7 @@ def create_app(ctx: AppContext, *, serve_api: bool = True) -> FastAPI:
                            allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
     app.add_middleware(ProcessTime, api_log=settings.api_log)
     if serve_api:
-        for area in (generation, extras, progress, options, models, misc, jobs):
+        for area in (generation, extras, progress, options, models, misc, jobs, train):
             app.include_router(area.router, prefix=API_PREFIX)
         if settings.api_server_stop:
             app.include_router(server.router, prefix=API_PREFIX)

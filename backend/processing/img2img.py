@@ -161,7 +161,8 @@ class Img2ImgMode:
                                        fix_steps=bool(run.opts["img2img_fix_steps"]), is_sdxl=run.model.is_sdxl,
                                        opts=run.opts)
         x = samplers.img2img_start_latent(plan, init_latent, noise)
-        ps = Pass(run.sampler, run.scheduler, p.steps, conds, p.width, p.height,
+        # The pass runs t_enc + 1 steps: what callbacks see as total_sampling_steps (A1111).
+        ps = Pass(run.sampler, run.scheduler, plan.t_enc + 1, conds, p.width, p.height,
                   image_cond=None if prep.image_cond is None else prep.image_cond[:noise.shape[0]],
                   init_latent=init_latent if prep.mask is not None else None, mask=prep.mask, nmask=prep.nmask)
         samples = sample_pass(p, ctx, run, ps, x, plan.sigmas.to(device), rng, brownian_sigmas=plan.full,

@@ -346,3 +346,28 @@ def test_ui_controls_defaults_are_read_from_gradio_components() -> None:
     runner = ScriptRunner([Choices()], is_img2img=True)
     assert runner.defaults == [0, "b", {"unit": 1}]
     assert runner.script_info()[0]["args"][0]["choices"] == ["a", "b"]
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DDIM", "PLMS", "UniPC", "Heun"])
+def test_total_sampling_steps_count_the_steps_that_run(app_ctx, sampler: str) -> None:
+    """A1111's total_sampling_steps: the steps of the pass (t_enc + 1 in img2img), counted in denoiser calls."""
+    from PIL import Image
+
+    from backend.processing import StableDiffusionProcessingImg2Img
+
+    seen: list[tuple[int, int]] = []
+    registry = app_ctx.scripts.callbacks
+    with registry.loading("test"):
+        from backend import callbacks
+        callbacks.on_cfg_denoiser(lambda prm: seen.append((prm.sampling_step, prm.total_sampling_steps)))
+    try:
+        app_ctx.generate(_p(steps=4, sampler_name=sampler))
+        calls = 2 if sampler == "Heun" else 1  # second-order samplers evaluate twice per step
+        assert {total for _, total in seen} == {4 * calls}
+        seen.clear()
+        app_ctx.generate(StableDiffusionProcessingImg2Img(
+            init_images=[Image.new("RGB", (64, 64), "gray")], denoising_strength=0.5, prompt="a house", steps=4,
+            width=64, height=64, seed=1, sampler_name=sampler, do_not_save_samples=True, do_not_save_grid=True))
+        assert {total for _, total in seen} == {3 * calls}  # t_enc = int(0.5 * 4) = 2, so 3 steps run
+    finally:
+        registry.remove_source("test")
