@@ -1,7 +1,6 @@
 """Serving: middleware, OpenAPI, --api with the UI, --nowebui, CORS, --subpath, server stop/kill."""
 from __future__ import annotations
 
-import gzip
 import os
 import subprocess
 import sys

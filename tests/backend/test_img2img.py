@@ -6,7 +6,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from backend.errors import InvalidRequest
-from backend.processing import StableDiffusionProcessingImg2Img, process_images
+from backend.processing import StableDiffusionProcessingImg2Img
 
 
 def _init_image(w: int = 96, h: int = 64) -> Image.Image:
