@@ -13,6 +13,8 @@ from typing import Any
 
 from PIL import Image
 
+from backend.errors import ExtensionError
+
 
 class _AlwaysVisible:
     def __repr__(self) -> str:
@@ -63,8 +65,9 @@ class Script:
     paste_field_names: list[str] | None = None
 
     def title(self) -> str:
-        """The display name; the API matches it case-insensitively."""
-        raise NotImplementedError
+        """The display name; the API matches it case-insensitively. Override it: the class name
+        stands in only so a script that forgot still shows up under a recognisable name."""
+        return type(self).__name__
 
     @property
     def name(self) -> str:
@@ -79,7 +82,8 @@ class Script:
 
     def run(self, p: Any, *args: Any) -> Any:
         """Selectable scripts: do the whole job, usually by calling `process_images`, and return a Processed."""
-        raise NotImplementedError
+        raise ExtensionError(self.extension or type(self).__name__,
+                             f"script {self.title()!r} is selectable but has no run()")
 
     def setup(self, p: Any, *args: Any) -> None:
         """Called when p's scripts and args are assigned, before anything else."""

@@ -371,3 +371,18 @@ def test_total_sampling_steps_count_the_steps_that_run(app_ctx, sampler: str) ->
         assert {total for _, total in seen} == {3 * calls}  # t_enc = int(0.5 * 4) = 2, so 3 steps run
     finally:
         registry.remove_source("test")
+
+
+def test_a_selectable_script_without_run_fails_with_its_name(app_ctx) -> None:
+    from backend.errors import ExtensionError
+
+    class NoRun(Script):
+        pass
+
+    script = NoRun()
+    script.extension = "half-done"
+    p = _p()
+    runner = ScriptRunner([script], is_img2img=False, capture=lambda s, tab: [])
+    runner.bind(p, runner.script_args("norun"))  # the class name stands in for a missing title()
+    with pytest.raises(ExtensionError, match="'NoRun' is selectable but has no run"):
+        app_ctx.generate(p)
