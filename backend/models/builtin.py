@@ -45,6 +45,7 @@ from backend.models.families import (
     vae_config,
 )
 from backend.models.ldm_export import export_ldm_state_dict
+from backend.models.loader import write_safetensors
 
 DEFAULT_MODEL_FILENAME = "sd-tiny-builtin.safetensors"  # the random-weight test model
 SHAPES_MODEL_FILENAME = "sd-shapes-64.safetensors"  # the trained, shipped default model
@@ -105,21 +106,12 @@ def build_default_state_dict(seed: int = 0) -> dict[str, Tensor]:
 
 def build_default_model(path: Path, *, seed: int = 0) -> Path:
     """Build the built-in checkpoint into `path` (atomically: a temporary file, then a rename)."""
-    from safetensors.torch import save_file
-
     state = build_default_state_dict(seed)
     # One metadata entry only: safetensors writes its metadata map in a random order, which would make
     # the file bytes (and so the A1111 hash) differ between builds.
     metadata = {METADATA_KEY: json.dumps({"name": "sd-tiny", "family": "sd1", "builder_version": BUILDER_VERSION,
                                           "seed": seed, "weights": "random"}, sort_keys=True)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(state, str(temporary), metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_safetensors(state, path, metadata)
 
 
 def has_checkpoint(folder: Path) -> bool:

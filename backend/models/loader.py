@@ -125,6 +125,21 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             if isinstance(key, str) and isinstance(value, Tensor)}
 
 
+def write_safetensors(state: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write a .safetensors file atomically (a temporary file beside it, then a rename), so a reader
+    never sees half a model and an interrupted write leaves the old file."""
+    from safetensors.torch import save
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(save(state, metadata))
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
 def shapes_of(state_dict: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
     """`{key: shape}`, the input of family detection."""
     return {key: tuple(value.shape) for key, value in state_dict.items()}

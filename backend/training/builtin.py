@@ -46,6 +46,7 @@ from backend.models.families import (
     vae_config,
 )
 from backend.models.ldm_export import export_ldm_state_dict
+from backend.models.loader import write_safetensors
 from backend.models.tokenizers import build_clip_tokenizer
 from backend.training import shapes
 from backend.training.ldm import CaptionTokens, diffusion_loss, encode_tokens, training_alphas_cumprod
@@ -252,19 +253,10 @@ class BuiltinTraining:
 def export_checkpoint(unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module, path: Path,
                       metadata: dict[str, str]) -> Path:
     """Write the components as an SD1 single-file checkpoint (ldm layout, float16), atomically."""
-    from safetensors.torch import save_file
-
     state = export_ldm_state_dict(unet.float().cpu(), vae.float().cpu(), text_encoder.float().cpu(),
                                   family_by_name(FAMILY))
     state = {key: value.detach().to(torch.float16).contiguous() for key, value in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(state, str(temporary), metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_safetensors(state, path, metadata)
 
 
 def checkpoint_metadata(recipe: Recipe, steps: dict[str, int], seconds: float, device: str) -> dict[str, str]:

@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import random
 import re
 import threading
@@ -45,6 +44,7 @@ from torch import Tensor, nn
 
 from backend.errors import InvalidRequest
 from backend.models.ldm_export import unet_key_to_ldm
+from backend.models.loader import write_safetensors
 from backend.training import dataset
 from backend.training.ldm import CaptionTokens, diffusion_loss
 from backend.training.loop import Trainer, TrainProgress, step_generator
@@ -413,11 +413,7 @@ def save_kohya_file(state: dict[str, Tensor], metadata: dict[str, str], path: Pa
     metadata = dict(metadata)
     metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = addnet_hashes(
         save(state, {k: v for k, v in metadata.items() if k.startswith("ss_")}))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(save(state, metadata))
-    os.replace(temporary, path)
-    return path
+    return write_safetensors(state, path, metadata)
 
 
 # ---- the run ------------------------------------------------------------------------------------------------

@@ -1,12 +1,10 @@
 """Behaviour of the shipped, trained built-in model through the normal generation path (a few seeds each)."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from statistics import mean
 
 import pytest
-import torch
 
 from backend.models import builtin
 from backend.models.families import RESOLUTION_METADATA_KEY, family_by_name, native_resolution
@@ -16,15 +14,6 @@ from backend.training import evaluator, shapes
 from backend.training.evaluate import EMPHASIS_PROMPT, ModelUnderTest
 
 SEEDS = range(4)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Models this small run faster on one thread, and do not oversubscribe a busy machine's cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture

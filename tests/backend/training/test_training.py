@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,6 @@ TINY = Recipe(seed=3, unet=UNetDims((32, 32), 1, 32, (True, False), (1, 1), 4, 4
               vae_steps=2, vae_batch=2, decoder_steps=2, decoder_batch=2, images=12, unet_steps=4, unet_batch=4,
               warmup_steps=1)
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Models this small run faster on one thread, and do not oversubscribe a busy machine's cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
