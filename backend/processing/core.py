@@ -29,6 +29,7 @@ from backend.models.families import native_resolution
 from backend.models.loader import LoadedModel
 from backend.models.manager import ModelManager
 from backend.models.registry import CheckpointInfo
+from backend.models.seamless import set_seamless
 from backend.networks import NetworkManager, requests_from_prompt_params
 from backend.postprocess import images as image_io
 from backend.postprocess.infotext import format_infotext
@@ -147,7 +148,9 @@ def resolve_run(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapp
     p.sampler_name = sampler.name
     p.scheduler = scheduler.label
 
-    run = load_run(ctx, opts, opts.get("sd_model_checkpoint"), sampler, scheduler)
+    if p.tiling is None:
+        p.tiling = bool(opts["tiling"])
+    run = load_run(ctx, opts, opts.get("sd_model_checkpoint"), sampler, scheduler, seamless=p.tiling)
     if p.width is None or p.height is None:
         native_width, native_height = native_resolution(run.model.family, run.checkpoint.metadata)
         p.width = native_width if p.width is None else p.width
@@ -161,17 +164,17 @@ def resolve_run(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapp
         p.restore_faces = bool(opts["face_restoration"])
     if p.restore_faces:
         _check_face_restorer(ctx, opts["face_restoration_model"])
-    if p.tiling is None:
-        p.tiling = bool(opts["tiling"])
-    if p.tiling:
-        raise InvalidRequest("tiling", "tiling is not available yet in this version")
     return run
 
 
 def load_run(ctx: ProcessingContext, opts: Mapping[str, Any], checkpoint_name: str | None,
-             sampler: samplers.SamplerSpec, scheduler: samplers.SchedulerSpec) -> Run:
-    """The model (loaded if needed) and its text conditioner for one pass; touches no request field."""
+             sampler: samplers.SamplerSpec, scheduler: samplers.SchedulerSpec, *, seamless: bool) -> Run:
+    """The model (loaded if needed) and its text conditioner for one pass; touches no request field.
+
+    `seamless` (A1111's Tiling) is set on the model here, so every job leaves the models it uses in the
+    padding mode it asked for."""
     checkpoint, model = ctx.models.get(checkpoint_name)
+    set_seamless(model, seamless)
     encode = EncodeSettings(clip_skip=int(opts["CLIP_stop_at_last_layers"]), emphasis=opts["emphasis"],
                             comma_padding_backtrack=int(opts["comma_padding_backtrack"]))
     conditioner = TextConditioner(encoder_specs(model, opts), ctx.devices.device, zero_empty_negative=model.is_sdxl)

@@ -184,7 +184,7 @@ class Txt2ImgMode:
             first_images = [tensor_to_image(im) for im in decode_latents(self.run.model, samples, ctx.devices)]
         run = self.run
         if hr.checkpoint is not None:
-            run = load_run(ctx, self.run.opts, hr.checkpoint, hr.sampler, hr.scheduler)
+            run = load_run(ctx, self.run.opts, hr.checkpoint, hr.sampler, hr.scheduler, seamless=bool(p.tiling))
         self.decode_run = run
         image_cond = None
         if hr.latent_mode is not None:

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from backend.errors import InvalidRequest
 from backend.models.ldm_export import unet_key_to_ldm
 from backend.models.loader import write_safetensors
+from backend.models.seamless import set_seamless
 from backend.training import dataset
 from backend.training.ldm import CaptionTokens, diffusion_loss
 from backend.training.loop import Trainer, TrainProgress, step_generator
@@ -481,6 +482,7 @@ class LoraTrainer:
         self.checkpoint_path = Path(info.filename)
         self.checkpoint_hashes = (info.legacy_hash or "", info.sha256 or "")
         self.ctx.networks.deactivate()  # the original weights: no <lora> of an earlier generation merged in
+        set_seamless(model, False)  # nor the circular padding a Tiling generation left on
         data = encode_dataset(model, Path(p.dataset).expanduser(), p)
         torch.manual_seed(p.seed)  # the adapters' initial weights
         network = LoraNetwork(model, p).to(next(model.unet.parameters()).device)

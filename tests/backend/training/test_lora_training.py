@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -294,3 +295,45 @@ def test_kohya_names_resolve_to_the_hooked_layers(family_name: str) -> None:
         assert "lora_unet_down_blocks_1_downsamplers_0_conv" not in names  # the last level has none
         assert "lora_unet_down_blocks_0_downsamplers_0_conv" in names
         assert "lora_te_text_model_encoder_layers_1_self_attn_out_proj" in names
+
+
+@pytest.mark.parametrize(("family", "version", "text_prefixes"), [
+    ("sd2", "sd_v2", ("lora_te_",)),
+    ("sdxl", "sdxl_base_v1-0", ("lora_te1_", "lora_te2_")),
+])
+def test_sd2_and_sdxl_bases_train_files_that_act(tmp_path: Path, family: str, version: str,
+                                                  text_prefixes: tuple[str, ...]) -> None:
+    from backend.config import Settings
+    from backend.context import AppContext
+    from backend.devices import DevicePolicy
+    from backend.processing import StableDiffusionProcessingTxt2Img
+    from tests.backend.models.tiny_checkpoints import VAE_DIMS_8X, build_tiny_model, write_checkpoint
+
+    models = tmp_path / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    write_checkpoint(models / "Stable-diffusion" / f"tiny-{family}.safetensors",
+                     build_tiny_model(family, seed=1, vae_dims=VAE_DIMS_8X).state_dict())
+    settings = Settings.from_args(["--data-dir", str(tmp_path / "data"), "--models-dir", str(models)], env={})
+    ctx = AppContext.build(settings, devices=DevicePolicy.cpu())
+    ctx.start()
+    try:
+        _, run = run_directly(ctx, params(tmp_path, model=f"tiny-{family}", name=f"{family}-stars", epochs=1,
+                                          unet_lr=1e-2, text_encoder_lr=1e-2))
+        assert run.status == "done", run.error
+        with safe_open(run.saved[-1], "pt") as f:
+            meta, keys = f.metadata(), set(f.keys())
+        assert meta["ss_base_model_version"] == version and meta["ss_sd_model_name"] == f"tiny-{family}.safetensors"
+        assert all(any(k.startswith(prefix) for k in keys) for prefix in text_prefixes)
+        assert any(k.startswith("lora_unet_") for k in keys)
+        ctx.networks.registry.refresh()
+
+        def image(prompt: str):
+            return ctx.generate(StableDiffusionProcessingTxt2Img(
+                prompt=prompt, steps=3, width=64, height=64, seed=2, sampler_name="Euler a",
+                do_not_save_samples=True, override_settings={"sd_model_checkpoint": f"tiny-{family}"})).images[0]
+
+        plain, with_lora = image("zkstar"), image(f"zkstar <lora:{family}-stars:1>")
+        difference = np.abs(np.asarray(plain, dtype=int) - np.asarray(with_lora, dtype=int)).max()
+        assert difference > 2  # the trained file loads and changes the image
+    finally:
+        ctx.stop()
