@@ -175,6 +175,12 @@ class Settings:
         return self.models_dir / "Stable-diffusion"
 
     @property
+    def embeddings_dir(self) -> Path:
+        """Textual-inversion embeddings: --embeddings-dir, else <data dir>/embeddings (A1111)."""
+        folder = self.extra.get("embeddings_dir")
+        return Path(folder).expanduser().resolve() if folder else self.data_dir / "embeddings"
+
+    @property
     def bind_host(self) -> str:
         if self.server_name:
             return self.server_name
@@ -367,6 +373,7 @@ OPTION_DEFAULTS: Mapping[str, OptionInfo] = {
     "lora_not_found_warning_console": _o(False, "Lora not found warning in console", "extra_networks"),
     "lora_not_found_gradio_warning": _o(False, "Lora not found warning popup in webui", "extra_networks"),
     "extra_networks_default_multiplier": _o(1.0, "Default multiplier for extra networks", "extra_networks"),
+    "textual_inversion_add_hashes_to_infotext": _o(True, "Add Textual Inversion hashes to infotext", "extra_networks"),
     # extensions (modules/shared_options.py); changes apply after a restart
     "disabled_extensions": _o([], "Disable these extensions", "extensions"),
     "disable_all_extensions": _o("none", "Disable all extensions (preserves the list of disabled extensions)",

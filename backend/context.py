@@ -18,12 +18,14 @@ from backend.jobs.queue import Job, JobQueue
 from backend.models import builtin
 from backend.models.families import detect_family, native_resolution, safetensors_shapes
 from backend.models.hashes import HashCache
+from backend.models.loader import LoadedModel
 from backend.models.manager import ModelManager
 from backend.models.registry import CheckpointInfo, CheckpointRegistry
 from backend.networks import NetworkManager, NetworkRegistry
 from backend.postprocess.face_restore import FaceRestorerRegistry
 from backend.postprocess.preview import approximate_rgb
 from backend.postprocess.upscalers import UpscalerRegistry
+from backend.prompts.embeddings import EmbeddingDatabase, encoder_widths
 from backend.prompts.styles import StyleDatabase, style_files
 from backend.processing import (
     Processed,
@@ -107,6 +109,7 @@ class AppContext:
     # Set by the server (webui.make_server): stop and rebuild everything in this process.
     request_restart: Callable[[], None] | None = field(default=None, repr=False)
     styles: StyleDatabase = field(default_factory=StyleDatabase)
+    embeddings: EmbeddingDatabase = field(default_factory=EmbeddingDatabase)
 
     @classmethod
     def build(cls, settings: Settings, devices: DevicePolicy | None = None) -> "AppContext":
@@ -130,9 +133,16 @@ class AppContext:
                 lora_dirs.append(Path(settings.extra[flag]).expanduser().resolve())
         networks = NetworkManager(NetworkRegistry(lora_dirs, cache, no_hashing=settings.no_hashing),
                                   memory_limit=int(options["lora_in_memory_limit"]))
+        settings.embeddings_dir.mkdir(parents=True, exist_ok=True)
+        embeddings = EmbeddingDatabase([settings.embeddings_dir], hashing=not settings.no_hashing)
+
+        def model_loaded(model: LoadedModel) -> None:
+            # /embeddings lists what the newest model can use, as A1111 reloads embeddings on model load.
+            embeddings.use_model(encoder_widths([model.text_encoder, model.text_encoder_2]))
+            ctx.scripts.callbacks.fire("model_loaded", model)
+
         models = ModelManager(registry, devices, settings.cache_dir, limit=int(options["sd_checkpoints_limit"]),
-                              on_unload=networks.forget_model,
-                              on_load=lambda model: ctx.scripts.callbacks.fire("model_loaded", model))
+                              on_unload=networks.forget_model, on_load=model_loaded)
         preview = LivePreview(options, models, devices)
         queue = JobQueue(history=JOB_HISTORY, state_factory=partial(LivePreviewState, options=options, make_preview=preview))
         extra_dirs = {folder: Path(path) for folder, path in (("ESRGAN", settings.extra.get("esrgan_models_path")),
@@ -142,7 +152,7 @@ class AppContext:
         face_restorers = FaceRestorerRegistry(settings.models_dir)
         styles = StyleDatabase(style_files(settings.extra.get("styles_file"), settings.data_dir))
         ctx = cls(settings, options, devices, registry, models, queue, preview, upscalers, face_restorers, networks,
-                  ScriptSystem.empty(), styles=styles)
+                  ScriptSystem.empty(), styles=styles, embeddings=embeddings)
         # Last, so scripts' ui() can list what the application has (checkpoints, upscalers, styles).
         ctx.scripts = ScriptSystem.load(settings.extensions_dir, disabled=list(options["disabled_extensions"]),
                                         disable_all=settings.disable_extensions(options["disable_all_extensions"]),
@@ -202,7 +212,8 @@ class AppContext:
                                  data_dir=self.settings.data_dir,
                                  state=self.queue.new_state() if state is None else state,
                                  upscalers=self.upscalers, face_restorers=self.face_restorers,
-                                 networks=self.networks, styles=self.styles, callbacks=self.scripts.callbacks,
+                                 networks=self.networks, styles=self.styles, embeddings=self.embeddings,
+                                 callbacks=self.scripts.callbacks,
                                  models_dir=self.settings.models_dir)
 
     def switch_checkpoint(self, name: str) -> Job | None:

@@ -112,13 +112,16 @@ class TokenCounter:
         def tokenize(texts: list[str]) -> list[list[int]]:
             return tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
 
+        # Embedding names count as many tokens as the embedding has vectors (A1111).
+        find_embedding = self.ctx.embeddings.current().matcher(tokenize)
         best = 0
         for variant in texts:
             parsed = [[variant, 1.0]] if emphasis == "None" else parser.parse_prompt_attention(variant)
             _, tokens = chunking.build_chunks(
                 parsed, tokenize, id_start=tokenizer.bos_token_id, id_end=tokenizer.eos_token_id,
                 comma_token=tokenizer.get_vocab()[",</w>"], chunk_length=CHUNK_LENGTH,
-                comma_padding_backtrack=int(self.ctx.options["comma_padding_backtrack"]))
+                comma_padding_backtrack=int(self.ctx.options["comma_padding_backtrack"]),
+                find_embedding=find_embedding)
             best = max(best, tokens)
         return best
 

@@ -282,9 +282,20 @@ class PromptStyleItem(BaseModel):
     negative_prompt: str | None
 
 
+class EmbeddingItem(BaseModel):
+    """One textual-inversion embedding, as A1111's /embeddings lists it."""
+
+    step: int | None = Field(None, description="Training steps, if the file records them")
+    sd_checkpoint: str | None = Field(None, description="Hash of the checkpoint it was trained on, if recorded")
+    sd_checkpoint_name: str | None = Field(None, description="Name of the checkpoint it was trained on, if recorded")
+    shape: int = Field(description="Width of each vector (SDXL files: clip_l + clip_g widths)")
+    vectors: int = Field(description="Number of vectors (tokens it takes in a prompt)")
+
+
 class EmbeddingsResponse(BaseModel):
-    loaded: dict[str, Any] = Field(default_factory=dict)
-    skipped: dict[str, Any] = Field(default_factory=dict)
+    loaded: dict[str, EmbeddingItem] = Field(default_factory=dict, description="Embeddings the current model uses")
+    skipped: dict[str, EmbeddingItem] = Field(default_factory=dict,
+                                              description="Embeddings for another architecture (vector widths differ)")
 
 
 class MemoryResponse(BaseModel):

@@ -37,6 +37,7 @@ from backend.postprocess.face_restore import FaceRestorerRegistry
 from backend.postprocess.upscalers import UpscalerRegistry, resize_to
 from backend.processing.objects import Processed, StableDiffusionProcessing
 from backend.prompts import parser
+from backend.prompts.embeddings import EmbeddingDatabase
 from backend.prompts.styles import StyleDatabase
 from backend.prompts.conditioning import (
     ConditioningCache,
@@ -115,6 +116,8 @@ class ProcessingContext:
     networks: NetworkManager | None = None
     # The prompt styles `p.styles` names (styles.csv); none by default.
     styles: StyleDatabase = field(default_factory=StyleDatabase)
+    # Textual-inversion embeddings (the embeddings folder); none by default.
+    embeddings: EmbeddingDatabase = field(default_factory=EmbeddingDatabase)
 
 
 # ---------------------------------------------------------------------------
@@ -177,7 +180,8 @@ def load_run(ctx: ProcessingContext, opts: Mapping[str, Any], checkpoint_name: s
     set_seamless(model, seamless)
     encode = EncodeSettings(clip_skip=int(opts["CLIP_stop_at_last_layers"]), emphasis=opts["emphasis"],
                             comma_padding_backtrack=int(opts["comma_padding_backtrack"]))
-    conditioner = TextConditioner(encoder_specs(model, opts), ctx.devices.device, zero_empty_negative=model.is_sdxl)
+    conditioner = TextConditioner(encoder_specs(model, opts), ctx.devices.device, zero_empty_negative=model.is_sdxl,
+                                  embeddings=ctx.embeddings)
     return Run(opts, sampler, scheduler, checkpoint, model, conditioner, encode, ConditioningCache())
 
 
@@ -551,6 +555,10 @@ def create_infotext(p: StableDiffusionProcessing, run: Run, all_prompts: list[st
         "User": p.user if opts["add_user_name_to_info"] else None,
     }
     extra = dict(p.extra_generation_params)
+    # A1111 adds "TI hashes" once the conds are made: the embeddings the job's prompts used so far.
+    ti_hashes = run.conditioner.embedding_hashes() if opts["textual_inversion_add_hashes_to_infotext"] else None
+    if ti_hashes:
+        extra.setdefault("TI hashes", ti_hashes)
     if opts["emphasis"] != "Original" and any(ch in all_prompts[index] for ch in "(["):
         extra.setdefault("Emphasis", opts["emphasis"])
     prompt = p.main_prompt if use_main_prompt else all_prompts[index]

@@ -4,20 +4,23 @@ Each prompt is parsed (emphasis, BREAK), cut into 75-token chunks, each chunk is
 encoded separately as 77 tokens and the chunks are concatenated along the token
 axis. Emphasis multiplies the encoder output per token after the transformer.
 Prompt editing and alternation give a per-step schedule of conditionings; AND
-gives weighted sub-prompts for composable CFG.
+gives weighted sub-prompts for composable CFG. Textual-inversion embeddings named in a
+prompt put their vectors into the encoder's token embeddings at their positions.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from backend.errors import InvalidRequest
 from backend.prompts import parser
-from backend.prompts.chunking import PromptChunk, build_chunks
+from backend.prompts.chunking import FindEmbedding, PromptChunk, build_chunks
+from backend.prompts.embeddings import Embedding, EmbeddingDatabase, EmbeddingSet
 
 EMPHASIS_MODES: tuple[str, ...] = ("Original", "No norm", "Ignore", "None")
 
@@ -84,23 +87,39 @@ class ComposableCond:
 
 
 class TextConditioner:
-    """Encodes texts with one or two CLIP models (SDXL concatenates them on channels)."""
+    """Encodes texts with one or two CLIP models (SDXL concatenates them on channels).
 
-    def __init__(self, encoders: Sequence[EncoderSpec], device: torch.device, zero_empty_negative: bool = False) -> None:
+    `embeddings`: the textual-inversion embeddings folder; the ones that fit these encoders are
+    taken from it once (rescanned first if it changed) and used for every text this conditioner
+    encodes. `used_embeddings` collects those that prompts named, for the "TI hashes" infotext.
+    """
+
+    def __init__(self, encoders: Sequence[EncoderSpec], device: torch.device, zero_empty_negative: bool = False,
+                 embeddings: EmbeddingDatabase | None = None) -> None:
         if not encoders:
             raise ValueError("at least one text encoder is needed")
         self.encoders = list(encoders)
         self.device = device
         # SDXL (sgm) conditions an all-empty negative prompt on zeros instead of encoding "".
         self.zero_empty_negative = zero_empty_negative
+        self.embeddings = (EmbeddingSet() if embeddings is None
+                           else embeddings.for_encoders([spec.text_model for spec in self.encoders]))
+        self.used_embeddings: dict[str, Embedding] = {}
+        self._matchers: dict[int, FindEmbedding | None] = {}
+
+    def embedding_hashes(self) -> str | None:
+        """A1111's "TI hashes" value for the embeddings used so far: "name: 12hex, ..." (None if none is hashed)."""
+        hashes = [f"{name.replace(':', '').replace(',', '')}: {e.shorthash}"
+                  for name, e in self.used_embeddings.items() if e.shorthash]
+        return ", ".join(hashes) or None
 
     # -- public ------------------------------------------------------------
 
     def encode(self, texts: list[str], settings: EncodeSettings, *, is_negative: bool = False) -> Cond:
         """Encode a batch of texts as A1111 does for one call of get_learned_conditioning."""
         crossattn, pooled = [], None
-        for spec in self.encoders:
-            z, p = self._encode_with(spec, texts, settings)
+        for index in range(len(self.encoders)):
+            z, p = self._encode_with(index, texts, settings)
             crossattn.append(z)
             if p is not None:
                 pooled = p
@@ -111,8 +130,8 @@ class TextConditioner:
 
     # -- internals ---------------------------------------------------------
 
-    def _chunks(self, spec: EncoderSpec, text: str, settings: EncodeSettings) -> tuple[list[PromptChunk], int]:
-        tok = spec.tokenizer
+    def _chunks(self, index: int, text: str, settings: EncodeSettings) -> tuple[list[PromptChunk], int]:
+        tok = self.encoders[index].tokenizer
         if settings.emphasis == "None":
             parsed: list[list] = [[text, 1.0]]
         else:
@@ -121,28 +140,36 @@ class TextConditioner:
         def tokenize(texts: list[str]) -> list[list[int]]:
             return tok(texts, truncation=False, add_special_tokens=False)["input_ids"]
 
-        return build_chunks(
+        if index not in self._matchers:
+            self._matchers[index] = self.embeddings.matcher(tokenize)
+        chunks, count = build_chunks(
             parsed, tokenize, id_start=tok.bos_token_id, id_end=tok.eos_token_id,
             comma_token=tok.get_vocab()[",</w>"], comma_padding_backtrack=settings.comma_padding_backtrack,
+            find_embedding=self._matchers[index],
         )
+        for chunk in chunks:
+            for _, embedding in _fixes(chunk):
+                self.used_embeddings.setdefault(embedding.name, embedding)
+        return chunks, count
 
-    def _encode_with(self, spec: EncoderSpec, texts: list[str], settings: EncodeSettings) -> tuple[Tensor, Tensor | None]:
-        batch_chunks = [self._chunks(spec, t, settings)[0] for t in texts]
+    def _encode_with(self, index: int, texts: list[str], settings: EncodeSettings) -> tuple[Tensor, Tensor | None]:
+        batch_chunks = [self._chunks(index, t, settings)[0] for t in texts]
         chunk_count = max(len(c) for c in batch_chunks)
-        tok = spec.tokenizer
+        tok = self.encoders[index].tokenizer
         empty = PromptChunk([tok.bos_token_id] + [tok.eos_token_id] * 76, [1.0] * 77)
         zs: list[Tensor] = []
         pooled: Tensor | None = None
         for i in range(chunk_count):
             # Shorter prompts are padded with empty chunks so the batch lines up (A1111).
             chunk = [c[i] if i < len(c) else empty for c in batch_chunks]
-            z, p = self._encode_chunk(spec, chunk, settings)
+            z, p = self._encode_chunk(index, chunk, settings)
             zs.append(z)
             if i == 0:
                 pooled = p  # SDXL's pooled vector comes from the first chunk only
         return torch.cat(zs, dim=1), pooled
 
-    def _encode_chunk(self, spec: EncoderSpec, chunk: list[PromptChunk], settings: EncodeSettings) -> tuple[Tensor, Tensor | None]:
+    def _encode_chunk(self, index: int, chunk: list[PromptChunk], settings: EncodeSettings) -> tuple[Tensor, Tensor | None]:
+        spec = self.encoders[index]
         tok = spec.tokenizer
         rows = [list(c.tokens) for c in chunk]
         if spec.pad_id is not None and spec.pad_id != tok.eos_token_id:
@@ -151,7 +178,11 @@ class TextConditioner:
                 row[end + 1:] = [spec.pad_id] * (len(row) - end - 1)
         ids = torch.tensor(rows, dtype=torch.long, device=self.device)
         model = spec.text_model
-        out = model(input_ids=ids, output_hidden_states=True)
+        # Encoder `index` takes part `index` of each embedding (SDXL files: clip_l, then clip_g).
+        vectors = [(row, offset, embedding.parts[index])
+                   for row, c in enumerate(chunk) for offset, embedding in _fixes(c)]
+        with _token_embeddings_replaced(model, ids, vectors):
+            out = model(input_ids=ids, output_hidden_states=True)
         layer = spec.hidden_layer
         if spec.clip_skip and settings.clip_skip > 1:
             layer = -settings.clip_skip
@@ -165,6 +196,42 @@ class TextConditioner:
         pooled = out.text_embeds.float() if spec.pooled else None
         multipliers = torch.tensor([list(c.multipliers) for c in chunk], dtype=torch.float32, device=z.device)
         return _apply_emphasis(z, multipliers, settings.emphasis), pooled
+
+
+def _fixes(chunk: PromptChunk) -> list[tuple[int, Embedding]]:
+    """(offset, embedding) of a chunk's embeddings; chunking only sees them as TextualEmbedding, but the
+    conditioner's matcher only ever finds `Embedding`s."""
+    return [(fix.offset, cast(Embedding, fix.embedding)) for fix in chunk.fixes]
+
+
+@contextmanager
+def _token_embeddings_replaced(model: torch.nn.Module, ids: Tensor,
+                               vectors: list[tuple[int, int, Tensor]]) -> Iterator[None]:
+    """While the block runs, the token embeddings the model computes for `ids` have the given rows
+    replaced: `(row, position, [n, width] vectors)` (A1111's EmbeddingsWithFixes).
+
+    transformers' CLIP text model does not take `inputs_embeds`, so the substitution is a forward hook
+    on the model's own token-embedding layer, removed on exit; the transformer then sees the vectors
+    exactly where the placeholder ids are, and the pooled output still finds the end token in `ids`.
+    """
+    if not vectors:
+        yield
+        return
+
+    def replace(module: torch.nn.Module, inputs: tuple[Any, ...], output: Tensor) -> Tensor | None:
+        # Only the call for these ids (the model views them, so the storage is the same).
+        if not inputs or inputs[0].data_ptr() != ids.data_ptr():
+            return None
+        output = output.clone()
+        for row, position, vec in vectors:
+            output[row, position:position + vec.shape[0]] = vec.to(device=output.device, dtype=output.dtype)
+        return output
+
+    handle = model.get_input_embeddings().register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _final_layer_norm(model: torch.nn.Module) -> torch.nn.Module:
@@ -221,7 +288,8 @@ def learned_conditioning(conditioner: TextConditioner, prompts: list[str], enc: 
         prompts, sched.steps, sched.hires_steps, sched.use_old_scheduling)
     result: list[list[ScheduledCond]] = []
     for prompt, schedule in zip(prompts, schedules):
-        key = (prompt, is_negative)
+        # The embeddings' versions are part of the key, so a changed embedding file is never served stale.
+        key = (prompt, is_negative, conditioner.embeddings.key)
         cached = cache.get(key)
         if cached is None:
             texts = [text for _, text in schedule]

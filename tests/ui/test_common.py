@@ -10,12 +10,13 @@ from PIL import Image
 
 from backend.config import Options
 from backend.errors import InvalidRequest
+from backend.prompts.embeddings import EmbeddingDatabase
 from ui import common
 
 
 @pytest.fixture(scope="module")
 def counter() -> common.TokenCounter:
-    return common.TokenCounter(SimpleNamespace(options=Options()))  # type: ignore[arg-type]
+    return common.TokenCounter(SimpleNamespace(options=Options(), embeddings=EmbeddingDatabase()))  # type: ignore[arg-type]
 
 
 def test_token_counter_counts_like_a1111(counter: common.TokenCounter) -> None:

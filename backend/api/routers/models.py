@@ -1,7 +1,7 @@
 """What can be chosen: checkpoints, VAEs, samplers, schedulers, upscalers, face restorers and the other lists.
 
-Lists of things this version does not have yet (VAE files, hypernetworks, LoRA, embeddings)
-are empty, in A1111's shapes, so clients can read them.
+Lists of things this version does not have yet (VAE files, hypernetworks) are empty, in A1111's
+shapes, so clients can read them.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi import APIRouter
 
 from backend.api.deps import Ctx
 from backend.api.models import (
+    EmbeddingItem,
     EmbeddingsResponse,
     FaceRestorerItem,
     HypernetworkItem,
@@ -132,14 +133,18 @@ def prompt_styles(ctx: Ctx) -> list[PromptStyleItem]:
 
 
 @router.get("/embeddings", response_model=EmbeddingsResponse)
-def embeddings() -> EmbeddingsResponse:
-    """Textual-inversion embeddings: none yet."""
-    return EmbeddingsResponse()
+def embeddings(ctx: Ctx) -> EmbeddingsResponse:
+    """Textual-inversion embeddings of the embeddings folder: `loaded` are those the model in use takes,
+    `skipped` those made for another architecture (all are `loaded` until a model has been loaded)."""
+    loaded, skipped = ctx.embeddings.listing()
+    return EmbeddingsResponse(loaded={name: EmbeddingItem(**e.api_json()) for name, e in loaded.items()},
+                              skipped={name: EmbeddingItem(**e.api_json()) for name, e in skipped.items()})
 
 
 @router.post("/refresh-embeddings")
-def refresh_embeddings() -> None:
-    """Nothing to rescan yet."""
+def refresh_embeddings(ctx: Ctx) -> None:
+    """Scan the embeddings folder again."""
+    ctx.embeddings.refresh()
 
 
 @router.get("/loras", response_model=list[LoraItem])
