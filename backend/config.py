@@ -80,8 +80,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     paths.add_argument("--models-dir", default=None, help="model folders root (default: <data-dir>/models)")
     paths.add_argument("--ckpt", default=None, help="checkpoint to load at start (added to the list)")
     paths.add_argument("--ckpt-dir", default=None, help="extra checkpoint folder")
-    paths.add_argument("--vae-dir", default=None)
-    paths.add_argument("--vae-path", default=None)
+    paths.add_argument("--vae-dir", default=None, help="separate VAE files folder (default: <models-dir>/VAE)")
+    paths.add_argument("--vae-path", default=None, help="VAE file used for every job (the SD VAE setting is ignored)")
     paths.add_argument("--lora-dir", default=None)
     paths.add_argument("--lyco-dir-backcompat", default=None)
     paths.add_argument("--embeddings-dir", default=None)
@@ -173,6 +173,18 @@ class Settings:
     @property
     def checkpoint_dir(self) -> Path:
         return self.models_dir / "Stable-diffusion"
+
+    @property
+    def vae_dir(self) -> Path:
+        """Separate VAE files: --vae-dir, else <models dir>/VAE (A1111)."""
+        folder = self.extra.get("vae_dir")
+        return Path(folder).expanduser().resolve() if folder else self.models_dir / "VAE"
+
+    @property
+    def vae_path(self) -> Path | None:
+        """--vae-path: the one VAE every job uses, whatever the sd_vae setting says (A1111)."""
+        path = self.extra.get("vae_path")
+        return Path(path).expanduser().resolve() if path else None
 
     @property
     def embeddings_dir(self) -> Path:

@@ -21,6 +21,7 @@ from backend.models.hashes import HashCache
 from backend.models.loader import LoadedModel
 from backend.models.manager import ModelManager
 from backend.models.registry import CheckpointInfo, CheckpointRegistry
+from backend.models.vae_files import VaeRegistry
 from backend.networks import NetworkManager, NetworkRegistry
 from backend.postprocess.face_restore import FaceRestorerRegistry
 from backend.postprocess.preview import approximate_rgb
@@ -141,8 +142,11 @@ class AppContext:
             embeddings.use_model(encoder_widths([model.text_encoder, model.text_encoder_2]))
             ctx.scripts.callbacks.fire("model_loaded", model)
 
+        vaes = VaeRegistry([settings.vae_dir], [*settings.ckpt_dirs, settings.checkpoint_dir], forced=settings.vae_path,
+                           hash_cache=cache, hashing_enabled=not settings.no_hashing)
+        vaes.refresh()
         models = ModelManager(registry, devices, settings.cache_dir, limit=int(options["sd_checkpoints_limit"]),
-                              on_unload=networks.forget_model, on_load=model_loaded)
+                              on_unload=networks.forget_model, on_load=model_loaded, vaes=vaes)
         preview = LivePreview(options, models, devices)
         queue = JobQueue(history=JOB_HISTORY, state_factory=partial(LivePreviewState, options=options, make_preview=preview))
         extra_dirs = {folder: Path(path) for folder, path in (("ESRGAN", settings.extra.get("esrgan_models_path")),

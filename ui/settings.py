@@ -48,7 +48,6 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "samples_format": ("png", "jpg", "jpeg", "webp", "avif"),
     "grid_format": ("png", "jpg", "jpeg", "webp", "avif"),
     "save_images_replace_action": ("Replace", "Add number suffix"),
-    "sd_vae": ("Automatic", "None"),
     "emphasis": EMPHASIS_MODES,
     "randn_source": ("GPU", "CPU", "NV"),
     "ddim_discretize": ("uniform", "quad"),
@@ -81,6 +80,8 @@ def _choices(ctx: AppContext, key: str) -> tuple[str, ...] | None:
         return tuple(common.upscaler_names(ctx))
     if key == "face_restoration_model":
         return tuple(r.name for r in ctx.face_restorers.list())
+    if key == "sd_vae":
+        return ("Automatic", "None", *ctx.models.vaes.names())
     if key == "sd_lora":
         return (NONE_CHOICE, *(n.name for n in ctx.networks.registry.list()))
     return FIXED_CHOICES.get(key)

@@ -246,14 +246,21 @@ def _build_unet(state_dict: dict[str, Tensor], config: dict[str, Any]) -> Any:
     return unet.eval()
 
 
+def convert_vae_state_dict(state_dict: dict[str, Tensor], config: dict[str, Any]) -> dict[str, Tensor]:
+    """The `first_stage_model.*` tensors of an ldm state dict renamed for a diffusers AutoencoderKL
+    built from `config` (also used for separate VAE files, `vae_files.py`)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    return convert_ldm_vae_checkpoint(state_dict, config)
+
+
 def _build_vae(state_dict: dict[str, Tensor], config: dict[str, Any]) -> Any:
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     with init_empty_weights():
         vae = AutoencoderKL.from_config(config)
-    _load_strict(vae, convert_ldm_vae_checkpoint(state_dict, config), "VAE")
+    _load_strict(vae, convert_vae_state_dict(state_dict, config), "VAE")
     return vae.eval()
 
 

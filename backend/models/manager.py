@@ -1,7 +1,8 @@
 """The one owner of which checkpoints are loaded.
 
 Keeps up to `limit` loaded models (A1111's sd_checkpoints_limit, default 1),
-most recently used last; a request for a loaded checkpoint reuses it.
+most recently used last; a request for a loaded checkpoint reuses it. Also swaps a separate VAE
+file's weights into a loaded model and back (`use_vae`).
 """
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from pathlib import Path
 
 from backend.devices import DevicePolicy
 from backend.errors import ModelNotFound
+from torch import Tensor
+
 from backend.models.loader import LoadedModel, load_checkpoint
 from backend.models.registry import CheckpointInfo, CheckpointRegistry
+from backend.models.vae_files import VaeFile, VaeRegistry, vae_weights_for
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +29,9 @@ class ModelManager:
 
     def __init__(self, registry: CheckpointRegistry, devices: DevicePolicy, cache_dir: Path, limit: int = 1,
                  on_unload: Callable[[LoadedModel], None] | None = None,
-                 on_load: Callable[[LoadedModel], None] | None = None) -> None:
+                 on_load: Callable[[LoadedModel], None] | None = None, vaes: VaeRegistry | None = None) -> None:
         self.registry = registry
+        self.vaes = vaes if vaes is not None else VaeRegistry()
         # Called before a model is dropped (the networks layer forgets its weight backups).
         self.on_unload = on_unload
         # Called after a model was loaded (extensions' on_model_loaded).
@@ -36,6 +41,11 @@ class ModelManager:
         self.limit = max(1, limit)
         self._loaded: OrderedDict[Path, tuple[CheckpointInfo, LoadedModel]] = OrderedDict()
         self._current: CheckpointInfo | None = None
+        # Per loaded checkpoint: the VAE file whose weights are in its VAE now (absent: its own), and
+        # its own VAE weights on the CPU while a file's are in, so switching back restores them exactly
+        # without reading the checkpoint again.
+        self._vae_in_use: dict[Path, Path] = {}
+        self._own_vae: dict[Path, dict[str, Tensor]] = {}
         self._lock = threading.RLock()
 
     @property
@@ -74,6 +84,34 @@ class ModelManager:
             self._current = info
             return self._loaded[key]
 
+    def use_vae(self, info: CheckpointInfo, model: LoadedModel, choice: str) -> VaeFile | None:
+        """Put the VAE that `sd_vae` = `choice` means for this checkpoint into `model`; returns the
+        file used (its hash computed), or None for the checkpoint's own VAE.
+
+        Weights change only when the choice differs from what the model holds. A file that does not
+        fit raises InvalidRequest naming `sd_vae` and leaves the model as it was.
+        """
+        with self._lock:
+            vae = self.vaes.resolve(choice, Path(info.filename))
+            key = Path(info.filename)
+            wanted = vae.filename if vae is not None else None
+            if self._vae_in_use.get(key) != wanted:
+                if vae is None:
+                    log.info("restoring the VAE of %s", info.title)
+                    model.vae.load_state_dict(self._own_vae.pop(key), strict=True)
+                    del self._vae_in_use[key]
+                else:
+                    log.info("loading VAE %s into %s", vae.name, info.title)
+                    weights = vae_weights_for(vae, model.vae, model.family)
+                    if key not in self._own_vae:
+                        self._own_vae[key] = {name: tensor.detach().to("cpu", copy=True)
+                                              for name, tensor in model.vae.state_dict().items()}
+                    model.vae.load_state_dict(weights, strict=True)
+                    self._vae_in_use[key] = vae.filename
+            if vae is not None:
+                self.vaes.ensure_hash(vae)
+            return vae
+
     def loaded(self) -> list[CheckpointInfo]:
         with self._lock:
             return [info for info, _ in self._loaded.values()]
@@ -85,7 +123,9 @@ class ModelManager:
                 self._evict_oldest()
 
     def _evict_oldest(self) -> None:
-        _, (info, model) = self._loaded.popitem(last=False)
+        key, (info, model) = self._loaded.popitem(last=False)
+        self._vae_in_use.pop(key, None)
+        self._own_vae.pop(key, None)
         log.info("unloading checkpoint %s", info.title)
         if self.on_unload is not None:
             self.on_unload(model)

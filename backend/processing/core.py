@@ -30,6 +30,7 @@ from backend.models.loader import LoadedModel
 from backend.models.manager import ModelManager
 from backend.models.registry import CheckpointInfo
 from backend.models.seamless import set_seamless
+from backend.models.vae_files import VaeFile
 from backend.networks import NetworkManager, requests_from_prompt_params
 from backend.postprocess import images as image_io
 from backend.postprocess.infotext import format_infotext
@@ -136,6 +137,7 @@ class Run:
     conditioner: TextConditioner
     encode: EncodeSettings
     cache: ConditioningCache
+    vae: VaeFile | None = None  # the separate VAE file in use; None: the checkpoint's own
 
 
 def resolve_run(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapping[str, Any]) -> Run:
@@ -161,6 +163,9 @@ def resolve_run(p: StableDiffusionProcessing, ctx: ProcessingContext, opts: Mapp
     p.sd_model = run.model
     p.sd_model_name = run.checkpoint.model_name
     p.sd_model_hash = run.checkpoint.shorthash
+    # Only a separate VAE file is named in the infotext, as in A1111.
+    p.sd_vae_name = run.vae.name if run.vae is not None else None
+    p.sd_vae_hash = run.vae.shorthash if run.vae is not None else None
     p.clip_skip = run.encode.clip_skip
     p.is_using_inpainting_conditioning = run.model.is_inpaint
     if p.restore_faces is None:
@@ -175,14 +180,15 @@ def load_run(ctx: ProcessingContext, opts: Mapping[str, Any], checkpoint_name: s
     """The model (loaded if needed) and its text conditioner for one pass; touches no request field.
 
     `seamless` (A1111's Tiling) is set on the model here, so every job leaves the models it uses in the
-    padding mode it asked for."""
+    padding mode it asked for; so is the VAE `sd_vae` asks for (a file's weights, or the model's own)."""
     checkpoint, model = ctx.models.get(checkpoint_name)
+    vae = ctx.models.use_vae(checkpoint, model, str(opts["sd_vae"]))
     set_seamless(model, seamless)
     encode = EncodeSettings(clip_skip=int(opts["CLIP_stop_at_last_layers"]), emphasis=opts["emphasis"],
                             comma_padding_backtrack=int(opts["comma_padding_backtrack"]))
     conditioner = TextConditioner(encoder_specs(model, opts), ctx.devices.device, zero_empty_negative=model.is_sdxl,
                                   embeddings=ctx.embeddings)
-    return Run(opts, sampler, scheduler, checkpoint, model, conditioner, encode, ConditioningCache())
+    return Run(opts, sampler, scheduler, checkpoint, model, conditioner, encode, ConditioningCache(), vae)
 
 
 def _check_face_restorer(ctx: ProcessingContext, name: str) -> None:

@@ -133,14 +133,18 @@ def apply_checkpoint(p: StableDiffusionProcessing, x: str, xs: Sequence[Any]) ->
 
 
 def apply_vae(p: StableDiffusionProcessing, x: str, xs: Sequence[Any]) -> None:
-    # Only the checkpoint's own VAE exists here, which is what both Automatic and None give.
+    """Automatic, None or a VAE file's name (A1111 matches them case-insensitively) becomes this cell's sd_vae."""
     choice = x.strip().lower()
     if choice in ("auto", "automatic"):
         p.override_settings["sd_vae"] = "Automatic"
     elif choice == "none":
         p.override_settings["sd_vae"] = "None"
     else:
-        raise AxisValueError(f"no VAE named {x!r}: separate VAE files are not supported yet; use Automatic or None")
+        names = [] if p.context is None else p.context.models.vaes.names()
+        found = next((name for name in names if name.lower() == choice), None)
+        if found is None:
+            raise AxisValueError(f"Unknown VAE: {x}")
+        p.override_settings["sd_vae"] = found
 
 
 def apply_styles(p: StableDiffusionProcessing, x: str, xs: Sequence[Any]) -> None:
@@ -271,7 +275,7 @@ def hires_upscaler_choices(source: Any) -> list[str]:
 
 
 def vae_choices(source: Any) -> list[str]:
-    return ["Automatic", "None"]
+    return ["Automatic", "None", *([] if source is None else source.models.vaes.names())]
 
 
 def style_choices(source: Any) -> list[str]:

@@ -70,15 +70,15 @@ class Recipe:
     vae: VaeDims = VaeDims(block_out_channels=(32, 32, 64, 64), layers_per_block=1, latent_channels=4)
     text: TextEncoderDims = TextEncoderDims(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                                             vocab_size=49408, max_position_embeddings=77)
-    vae_steps: int = 2000
+    vae_steps: int = 8000
     vae_batch: int = 8
     vae_crop: int = 64
     vae_lr: float = 1e-3
-    decoder_steps: int = 2000
+    decoder_steps: int = 6000
     decoder_batch: int = 8
     decoder_lr: float = 5e-4
-    images: int = 6000
-    unet_steps: int = 5000
+    images: int = 20000
+    unet_steps: int = 14000
     unet_batch: int = 32
     unet_lr: float = 1e-3
     warmup_steps: int = 200

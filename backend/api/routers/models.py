@@ -1,7 +1,7 @@
 """What can be chosen: checkpoints, VAEs, samplers, schedulers, upscalers, face restorers and the other lists.
 
-Lists of things this version does not have yet (VAE files, hypernetworks) are empty, in A1111's
-shapes, so clients can read them.
+Lists of things this version does not have yet (hypernetworks) are empty, in A1111's shapes, so
+clients can read them.
 """
 from __future__ import annotations
 
@@ -65,14 +65,15 @@ def reload_checkpoint(ctx: Ctx) -> dict:
 
 
 @router.get("/sd-vae", response_model=list[SDVaeItem])
-def sd_vae() -> list[SDVaeItem]:
-    """Separate VAE files: none yet (each checkpoint's own VAE is used)."""
-    return []
+def sd_vae(ctx: Ctx) -> list[SDVaeItem]:
+    """The separate VAE files (`model_name` is what `sd_vae` takes, `filename` the full path)."""
+    return [SDVaeItem(model_name=vae.name, filename=str(vae.filename)) for vae in ctx.models.vaes.list()]
 
 
 @router.post("/refresh-vae")
-def refresh_vae() -> None:
-    """Nothing to rescan yet."""
+def refresh_vae(ctx: Ctx) -> None:
+    """Scan the VAE folders again."""
+    ctx.models.vaes.refresh()
 
 
 @router.get("/samplers", response_model=list[SamplerItem])
