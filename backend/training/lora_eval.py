@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, required=True, help="the shapes checkpoint")
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--network", default="LoCon", choices=("LoRA", "LoCon"))
-    parser.add_argument("--steps", type=int, default=600, help="training steps")
+    parser.add_argument("--steps", type=int, default=1000, help="training steps")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--dim", type=int, default=16, help="rank (and conv rank for LoCon)")
     parser.add_argument("--unet-lr", type=float, default=2e-3)
