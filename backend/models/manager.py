@@ -13,10 +13,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from backend.devices import DevicePolicy
-from backend.errors import ModelNotFound
 from torch import Tensor
 
+from backend.devices import DevicePolicy
+from backend.errors import ModelNotFound
 from backend.models.loader import LoadedModel, load_checkpoint
 from backend.models.registry import CheckpointInfo, CheckpointRegistry
 from backend.models.vae_files import VaeFile, VaeRegistry, vae_weights_for
