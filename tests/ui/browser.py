@@ -15,6 +15,18 @@ def type_text(page: Any, elem_id: str, text: str) -> None:
     box.blur()
 
 
+def type_text_settled(page: Any, elem_id: str, text: str, timeout_s: float = 10.0) -> None:
+    """Type into a box whose value an earlier event (e.g. a dropdown change) may still overwrite:
+    type again until the text stays for half a second."""
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+    for _ in range(int(timeout_s * 2)):
+        type_text(page, elem_id, text)
+        page.wait_for_timeout(500)
+        if box.input_value() == text:
+            return
+    raise AssertionError(f"#{elem_id} did not keep {text!r}")
+
+
 def set_number(page: Any, elem_id: str, value: float) -> None:
     """A slider's or number box's value, committed with Enter like a user would."""
     box = page.locator(f"#{elem_id} input[type=number]").first

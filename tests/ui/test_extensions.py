@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.ui.browser import check, choose, open_tab, type_text, wait_for_text
+from tests.ui.browser import check, choose, open_tab, type_text, type_text_settled, wait_for_text
 from tests.ui.conftest import serve_ui
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def test_xyz_plot_from_the_script_dropdown(ui_server: Any, open_page: Any, scree
         page.locator(f"#{elem} input[type=number]").first.press("Enter")
     choose(page, "script_list", "X/Y/Z plot")
     choose(page, "script_txt2img_xyz_plot_x_type", "Steps")
-    type_text(page, "script_txt2img_xyz_plot_x_values", "1,2")
+    type_text_settled(page, "script_txt2img_xyz_plot_x_values", "1,2")  # after the axis change's update
     info = _generate(page, "a lighthouse")
     assert "Script: X/Y/Z plot" in info and "X Type: Steps" in info and 'X Values: "1,2"' in info
     page.screenshot(path=str(screenshot_dir / "txt2img-xyz.png"), full_page=True)
